@@ -1,0 +1,229 @@
+/*
+ * img: the backend-independent spine of image access (see img.h).
+ *
+ * Every public call checks its range here, once, with overflow-checked
+ * arithmetic against im->size, so a backend can trust off+len <= size.
+ * The byte counters live here too, so tests and benchmarks can prove that
+ * holes were never read whatever the backend.
+ */
+#include "img.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/bytes.h"
+
+/* Zero buffer size for backends without write_zeroes. */
+#define IMG_ZERO_BUF ((size_t)1 << 20)
+
+int img_open(const char *path, int mode, struct img **out, struct err *e)
+{
+	*out = NULL;
+	if (!path || !*path)
+		return err_set(e, -EINVAL, "img: empty image path");
+	if (mode != IMG_RDONLY && mode != IMG_RDWR)
+		return err_set(e, -EINVAL, "img: %s: bad open mode %d", path,
+			       mode);
+	/* Format probing (qcow2, VMDK magic) goes here; today all is raw. */
+	return img_raw_open(path, mode, out, e);
+}
+
+/* Checks [off, off+len) against the image; code is what "past the end"
+ * means for the caller: -EINVAL for reads, -ENOSPC for writes. */
+static int img_check_range(const struct img *im, uint64_t off, uint64_t len,
+			   int code, const char *what, struct err *e)
+{
+	uint64_t end;
+
+	if (ck_add(off, len, &end))
+		return err_set(e, -EINVAL,
+			       "img: %s: %s at %llu+%llu overflows", im->path,
+			       what, (unsigned long long)off,
+			       (unsigned long long)len);
+	if (end > im->size)
+		return err_set(e, code,
+			       "img: %s: %s of %llu bytes at %llu beyond end of image (%llu bytes)",
+			       im->path, what, (unsigned long long)len,
+			       (unsigned long long)off,
+			       (unsigned long long)im->size);
+	return 0;
+}
+
+static int img_check_writable(const struct img *im, struct err *e)
+{
+	if (!im->writable)
+		return err_set(e, -EROFS, "img: %s: image is open read-only",
+			       im->path);
+	if (!im->ops->write_at)
+		return err_set(e, -ENOTSUP, "img: %s: %s images are read-only",
+			       im->path, im->ops->name);
+	return 0;
+}
+
+int img_read_at(struct img *im, void *buf, size_t len, uint64_t off,
+		struct err *e)
+{
+	int r;
+
+	r = img_check_range(im, off, len, -EINVAL, "read", e);
+	if (r < 0 || len == 0)
+		return r;
+	r = im->ops->read_at(im, buf, len, off, e);
+	if (r < 0)
+		return r;
+	im->bytes_read += len;
+	return 0;
+}
+
+/*
+ * The walker sits between the backend and the caller to enforce the
+ * extent contract (ascending, gapless, inside the asked range): a backend
+ * bug then shows up as -EIO here instead of silently skipped data.
+ */
+struct img_walk {
+	struct img *im;
+	img_extent_fn fn;
+	void *opaque;
+	uint64_t next;          /* where the next extent must start */
+	uint64_t end;
+	int bad;
+};
+
+static int img_walk_one(void *opaque, const struct img_extent *x)
+{
+	struct img_walk *w = opaque;
+	struct img_extent c = *x;
+	uint64_t xend;
+
+	if (c.len == 0)
+		return 0;
+	if (c.off != w->next || ck_add(c.off, c.len, &xend) ||
+	    (c.kind != IMG_DATA && c.kind != IMG_HOLE && c.kind != IMG_ZERO)) {
+		w->bad = 1;
+		return -EIO;
+	}
+	/* A backend may round to its own granularity; clip to the request. */
+	if (xend > w->end)
+		c.len = w->end - c.off;
+	w->next = c.off + c.len;
+	if (c.len == 0)
+		return 0;
+	return w->fn(w->opaque, &c);
+}
+
+int img_extents(struct img *im, uint64_t off, uint64_t len, img_extent_fn fn,
+		void *opaque, struct err *e)
+{
+	struct img_walk w = { im, fn, opaque, off, off + len, 0 };
+	int r;
+
+	r = img_check_range(im, off, len, -EINVAL, "extent walk", e);
+	if (r < 0 || len == 0)
+		return r;
+	r = im->ops->extents(im, off, len, img_walk_one, &w, e);
+	if (w.bad)
+		return err_set(e, -EIO,
+			       "img: %s: %s backend returned a bad extent near %llu",
+			       im->path, im->ops->name,
+			       (unsigned long long)w.next);
+	if (r != 0)
+		return r;
+	if (w.next != w.end)
+		return err_set(e, -EIO,
+			       "img: %s: %s backend left %llu..%llu unmapped",
+			       im->path, im->ops->name,
+			       (unsigned long long)w.next,
+			       (unsigned long long)w.end);
+	return 0;
+}
+
+int img_write_at(struct img *im, const void *buf, size_t len, uint64_t off,
+		 struct err *e)
+{
+	int r;
+
+	r = img_check_writable(im, e);
+	if (r < 0)
+		return r;
+	r = img_check_range(im, off, len, -ENOSPC, "write", e);
+	if (r < 0 || len == 0)
+		return r;
+	r = im->ops->write_at(im, buf, len, off, e);
+	if (r < 0)
+		return r;
+	im->bytes_written += len;
+	return 0;
+}
+
+int img_write_zeroes(struct img *im, uint64_t off, uint64_t len,
+		     struct err *e)
+{
+	uint8_t *zero = NULL;
+	int r;
+
+	r = img_check_writable(im, e);
+	if (r < 0)
+		return r;
+	r = img_check_range(im, off, len, -ENOSPC, "write zeroes", e);
+	if (r < 0 || len == 0)
+		return r;
+	if (im->ops->write_zeroes)
+		return im->ops->write_zeroes(im, off, len, e);
+
+	zero = calloc(1, IMG_ZERO_BUF);
+	if (!zero)
+		return err_set(e, -ENOMEM, "img: %s: out of memory", im->path);
+	while (len > 0) {
+		size_t n = len < IMG_ZERO_BUF ? (size_t)len : IMG_ZERO_BUF;
+
+		r = im->ops->write_at(im, zero, n, off, e);
+		if (r < 0)
+			goto out;
+		im->bytes_written += n;
+		off += n;
+		len -= n;
+	}
+	r = 0;
+out:
+	free(zero);
+	return r;
+}
+
+int img_flush(struct img *im, struct err *e)
+{
+	if (!im->writable || !im->ops->flush)
+		return 0;
+	return im->ops->flush(im, e);
+}
+
+static int img_sum_data(void *opaque, const struct img_extent *x)
+{
+	uint64_t *sum = opaque;
+
+	if (x->kind == IMG_DATA)
+		*sum += x->len;
+	return 0;
+}
+
+int img_allocated(struct img *im, uint64_t *out, struct err *e)
+{
+	uint64_t sum = 0;
+	int r;
+
+	*out = 0;
+	r = img_extents(im, 0, im->size, img_sum_data, &sum, e);
+	if (r < 0)
+		return r;
+	*out = sum;
+	return 0;
+}
+
+void img_close(struct img *im)
+{
+	if (!im)
+		return;
+	if (im->ops && im->ops->close)
+		im->ops->close(im);
+	free(im->path);
+	free(im);
+}
