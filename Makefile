@@ -1,0 +1,123 @@
+# ferry: one non-recursive Makefile.
+#   make            build the programs into build/
+#   make check      install missing Debian packages, build, run every test
+#   make demo       the whole job on a built-in example, with figures
+#   make bench      benchmarks side by side with peers (see bench/)
+#   make SAN=1 ...  the same in build-san/ with ASan+UBSan
+#   make lint       banned functions and header self-containment
+#   V=1             show full commands
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+
+ifeq ($(SAN),1)
+B := build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+B := build
+SANFLAGS :=
+endif
+
+PKGS := libsodium libzstd sqlite3 libcryptsetup blkid jansson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CC ?= cc
+WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes \
+	-Wmissing-prototypes -Wvla -Wcast-qual -Wpointer-arith \
+	-Wimplicit-fallthrough -Wundef -Wwrite-strings -Wnull-dereference \
+	-Wold-style-definition -Wdouble-promotion -Werror \
+	-Wno-format-truncation
+HARDEN := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
+CFLAGS ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARN) $(HARDEN) $(SANFLAGS) \
+	$(PKG_CFLAGS) -MMD -MP
+LDFLAGS_ALL := -pie -Wl,-z,relro,-z,now $(SANFLAGS) $(LDFLAGS)
+LIBS := $(PKG_LIBS) -lpthread
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+LIB_SRC := $(sort $(wildcard common/*.c image/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/%.o)
+PROGS := seed ingest appliance
+SEED_SRC := $(sort $(wildcard seeder/*.c))
+INGEST_SRC := $(sort $(wildcard ingest/*.c))
+APPLIANCE_SRC := $(sort $(wildcard appliance/*.c))
+UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+TESTLIB_SRC := $(sort $(wildcard tests/lib/*.c))
+TESTLIB_OBJ := $(TESTLIB_SRC:%.c=$(B)/%.o)
+TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
+TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(B)/tools/%)
+
+BINS := $(B)/ferry-seed $(B)/ferry-ingest $(B)/ferry-appliance
+
+all: $(BINS) $(UNIT_BIN) $(TOOL_BIN)
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(B)/libferry.a: $(LIB_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(B)/ferry-seed: $(SEED_SRC:%.c=$(B)/%.o) $(B)/libferry.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/ferry-ingest: $(INGEST_SRC:%.c=$(B)/%.o) $(B)/libferry.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/ferry-appliance: $(APPLIANCE_SRC:%.c=$(B)/%.o) $(B)/libferry.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/tests/%: $(B)/tests/unit/%.o $(TESTLIB_OBJ) $(B)/libferry.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/tools/%: $(B)/tests/tools/%.o $(B)/libferry.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+deps:
+	sh tests/deps.sh --install
+
+deps-ok:
+	@sh tests/deps.sh --if-missing
+
+check: deps-ok
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)FERRY_BUILD=$(CURDIR)/$(B) sh tests/run.sh
+
+demo: deps-ok
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)FERRY_BUILD=$(CURDIR)/$(B) sh tests/demo.sh
+
+bench: deps-ok
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)FERRY_BUILD=$(CURDIR)/$(B) sh bench/run.sh
+
+lint:
+	$(Q)sh tests/lint.sh
+
+install: $(BINS)
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 0755 $(BINS) $(DESTDIR)$(BINDIR)
+
+clean:
+	rm -rf build build-san
+
+.PHONY: all deps deps-ok check demo bench lint install clean
+.SECONDARY:
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)
