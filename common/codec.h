@@ -1,0 +1,112 @@
+/*
+ * codec: the record codec shared by the drive's log, the delta journal and
+ * the wire (docs/FORMAT.md "Records").
+ *
+ * A record is a 128-byte header followed by an XChaCha20-Poly1305 payload.
+ * The associated data binds the drive UUID and every header field before the
+ * nonce (type, flags, key id, lengths, sequence number, id, previous-record
+ * digest), so a record cannot be altered, swapped, moved or replayed from
+ * another drive without failing authentication. Payloads are zstd-compressed
+ * when that saves space. Opening verifies first, then decompresses.
+ */
+#ifndef FERRY_CODEC_H
+#define FERRY_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "err.h"
+#include "keys.h"
+
+#define REC_HDR_LEN 128
+#define REC_AD_LEN (16 + 96)
+#define REC_ID_LEN 32
+#define REC_DIGEST_LEN 32
+#define REC_NONCE_LEN 24
+#define REC_TAG_LEN 16
+#define REC_MAX_PLAIN (16u << 20)        /* largest plaintext of one record */
+#define REC_MAX_PAYLOAD (REC_MAX_PLAIN + 65536u)
+#define REC_VERSION 1
+
+enum rec_type {
+	REC_CHUNK = 1,   /* cold chunk data; id = chunk id */
+	REC_CKPT = 2,    /* manifest checkpoint part; aux = part number */
+	REC_SEAL = 3,    /* seal statement; id = manifest digest */
+	REC_HOT = 4,     /* hot extent (delta service), same codec */
+	REC_EVENT = 5,   /* event log entry */
+	REC_KEYWRAP = 6, /* data key wrapped for a recipient */
+};
+#define REC_TYPE_MAX 6
+
+#define REC_F_ZSTD 0x01  /* payload plaintext is a zstd frame */
+#define REC_F_LAST 0x02  /* last part of a multi-record object */
+#define REC_F_META 0x04  /* encrypted with meta_key instead of a data key */
+#define REC_F_KNOWN (REC_F_ZSTD | REC_F_LAST | REC_F_META)
+
+struct rec_hdr {
+	uint8_t type;
+	uint8_t flags;
+	uint32_t key_id;
+	uint32_t payload_len;   /* ciphertext + tag */
+	uint32_t plain_len;     /* after decompression */
+	uint32_t aux;
+	uint64_t seq;
+	uint8_t id[REC_ID_LEN];
+	uint8_t prev[REC_DIGEST_LEN];
+	uint8_t nonce[REC_NONCE_LEN];
+};
+
+/* Serialises h into out (magic, version and header checksum included). */
+void rec_hdr_pack(const struct rec_hdr *h, uint8_t out[REC_HDR_LEN]);
+/*
+ * Parses and checks a header in a fixed order: magic, version, type, flags,
+ * lengths against the limits above, header checksum. -EBADMSG (with e) when
+ * any check fails; never reads past REC_HDR_LEN.
+ */
+int rec_hdr_parse(const uint8_t in[REC_HDR_LEN], struct rec_hdr *h,
+		  struct err *e);
+/* Total on-disk length of a record with this header. */
+static inline uint64_t rec_total_len(const struct rec_hdr *h)
+{
+	return (uint64_t)REC_HDR_LEN + h->payload_len;
+}
+/* Digest of a whole record (header and payload): the next record's prev. */
+void rec_digest(const uint8_t *rec, size_t len, uint8_t out[REC_DIGEST_LEN]);
+
+struct codec;
+
+/* level: zstd level (1..19). The codec keeps a pointer to keys. */
+int codec_new(const struct keys *k, const uint8_t uuid[16], int level,
+	      struct codec **out, struct err *e);
+void codec_free(struct codec *c);
+
+/* Upper bound of the encoded size of plen plaintext bytes (header included). */
+size_t codec_bound(size_t plen);
+
+/*
+ * Encodes a record into out (capacity >= codec_bound(plen)). The caller sets
+ * h->type, h->seq, h->id, h->prev, h->aux, h->key_id and flags REC_F_LAST /
+ * REC_F_META; the codec sets REC_F_ZSTD when compression pays, plain_len,
+ * payload_len and a random nonce. Returns the record length or -errno.
+ */
+ssize_t codec_seal(struct codec *c, struct rec_hdr *h, const uint8_t *plain,
+		   size_t plen, uint8_t *out, size_t cap, struct err *e);
+
+/*
+ * Authenticates the payload of a parsed header, then decrypts and
+ * decompresses it into plain (capacity >= h->plain_len). Returns plain_len,
+ * or -EBADMSG when authentication fails or the plaintext does not match
+ * plain_len. Nothing is written to plain unless authentication passed.
+ */
+ssize_t codec_open(struct codec *c, const struct rec_hdr *h,
+		   const uint8_t *payload, uint8_t *plain, size_t cap,
+		   struct err *e);
+
+/* Keyed chunk id of data (BLAKE2b-256 with keys->id_key). */
+void codec_chunk_id(const struct keys *k, const uint8_t *data, size_t len,
+		    uint8_t id[REC_ID_LEN]);
+/* 1 when every byte of buf is zero. */
+int codec_is_zero(const uint8_t *buf, size_t len);
+
+#endif

@@ -1,0 +1,626 @@
+/*
+ * store: superblocks and the append-only record log of a drive's data area
+ * (docs/FORMAT.md "Data area"). The invariants are listed in store.h.
+ *
+ * Appends go to a write buffer that is written out in large sequential
+ * pieces (a shipping drive may be a spinning disk); store_flush syncs them
+ * and only store_commit, after that sync, makes them part of the drive by
+ * writing the other superblock copy.
+ *
+ * Fault injection for tests (docs/TESTING.md): FERRY_FAULT_WRITE_LIMIT=N
+ * makes every data write that would reach past device offset N fail with
+ * ENOSPC, as a full filesystem under a file-backed drive would.
+ */
+#include "store.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bytes.h"
+#include "util.h"
+
+#define SB_MAGIC "FERRYSB\0"
+#define SB_MAC_OFF 4032
+#define SB_SUM_OFF 4064
+#define STORE_WBUF (8u << 20)
+#define STORE_RBUF (REC_HDR_LEN + REC_MAX_PAYLOAD + (8u << 20))
+
+struct store {
+	int fd;
+	int mode;
+	char *path;
+	const struct keys *keys;
+	struct drive_info info;
+	struct sb sb;             /* newest committed superblock */
+	/* Append state: the log ends at tail; [wbuf_off, tail) is buffered. */
+	uint64_t tail;
+	uint64_t next_seq;
+	uint8_t prev[REC_DIGEST_LEN];
+	uint8_t *wbuf;
+	size_t wlen;
+	uint64_t wbuf_off;
+	uint64_t fault_limit;     /* 0: none */
+	int failed;               /* an unrecoverable write error happened */
+};
+
+const char *store_state_name(uint32_t state)
+{
+	switch (state) {
+	case DRIVE_PREPARED: return "prepared";
+	case DRIVE_SEEDING: return "seeding";
+	case DRIVE_SEALED: return "sealed";
+	case DRIVE_INGESTED: return "ingested";
+	default: return "unknown";
+	}
+}
+
+static void sb_pack(const struct sb *sb, const struct keys *k, uint8_t out[SB_LEN])
+{
+	memset(out, 0, SB_LEN);
+	memcpy(out, SB_MAGIC, 8);
+	le32_store(out + 8, SB_VERSION);
+	le32_store(out + 12, SB_LEN);
+	le64_store(out + 16, sb->seq);
+	memcpy(out + 24, sb->uuid, 16);
+	le32_store(out + 40, sb->state);
+	le32_store(out + 44, sb->flags);
+	le64_store(out + 48, sb->device_size);
+	le64_store(out + 56, sb->log_start);
+	le64_store(out + 64, sb->log_end);
+	le64_store(out + 72, sb->log_limit);
+	le64_store(out + 80, sb->next_rec);
+	le64_store(out + 88, sb->ckpt_off);
+	le64_store(out + 96, sb->ckpt_gen);
+	memcpy(out + 104, sb->tail, REC_DIGEST_LEN);
+	memcpy(out + 136, sb->set_id, 16);
+	le16_store(out + 152, sb->set_index);
+	le16_store(out + 154, sb->set_count);
+	le64_store(out + 160, sb->created);
+	le64_store(out + 168, sb->updated);
+	crypto_generichash(out + SB_MAC_OFF, 32, out, SB_MAC_OFF, k->sb_key,
+			   KEYS_KEY_LEN);
+	crypto_generichash(out + SB_SUM_OFF, 32, out, SB_SUM_OFF, NULL, 0);
+}
+
+/*
+ * Checks in a fixed order: magic, version, checksum, fields, then the MAC
+ * when keys are given. Returns 0, -ENOENT (no superblock here),
+ * -EPROTONOSUPPORT, -EBADMSG (torn or damaged) or -EACCES (bad MAC).
+ */
+static int sb_parse(const uint8_t in[SB_LEN], const struct keys *k,
+		    struct sb *sb, struct err *e)
+{
+	uint8_t sum[32];
+	uint32_t version;
+
+	memset(sb, 0, sizeof(*sb));
+	if (memcmp(in, SB_MAGIC, 8) != 0)
+		return err_set(e, -ENOENT, "no ferry superblock");
+	version = le32_load(in + 8);
+	if (version != SB_VERSION)
+		return err_set(e, -EPROTONOSUPPORT,
+			       "drive format version %u; this ferry reads version %u",
+			       version, SB_VERSION);
+	crypto_generichash(sum, 32, in, SB_SUM_OFF, NULL, 0);
+	if (le32_load(in + 12) != SB_LEN || sodium_memcmp(sum, in + SB_SUM_OFF, 32) != 0)
+		return err_set(e, -EBADMSG, "superblock checksum mismatch");
+	sb->seq = le64_load(in + 16);
+	memcpy(sb->uuid, in + 24, 16);
+	sb->state = le32_load(in + 40);
+	sb->flags = le32_load(in + 44);
+	sb->device_size = le64_load(in + 48);
+	sb->log_start = le64_load(in + 56);
+	sb->log_end = le64_load(in + 64);
+	sb->log_limit = le64_load(in + 72);
+	sb->next_rec = le64_load(in + 80);
+	sb->ckpt_off = le64_load(in + 88);
+	sb->ckpt_gen = le64_load(in + 96);
+	memcpy(sb->tail, in + 104, REC_DIGEST_LEN);
+	memcpy(sb->set_id, in + 136, 16);
+	sb->set_index = le16_load(in + 152);
+	sb->set_count = le16_load(in + 154);
+	sb->created = le64_load(in + 160);
+	sb->updated = le64_load(in + 168);
+	if (sb->state < DRIVE_PREPARED || sb->state > DRIVE_INGESTED ||
+	    sb->log_start > sb->log_end || sb->log_end > sb->device_size ||
+	    sb->log_limit > sb->device_size || sb->log_start > sb->log_limit ||
+	    (sb->ckpt_off && (sb->ckpt_off < sb->log_start || sb->ckpt_off >= sb->log_end)))
+		return err_set(e, -EBADMSG, "superblock fields out of range");
+	if (k) {
+		crypto_generichash(sum, 32, in, SB_MAC_OFF, k->sb_key, KEYS_KEY_LEN);
+		if (sodium_memcmp(sum, in + SB_MAC_OFF, 32) != 0) {
+			sb->mac_ok = -1;
+			return err_set(e, -EACCES, "superblock authentication failed");
+		}
+		sb->mac_ok = 1;
+	}
+	return 0;
+}
+
+/* Reads both copies and picks the newest valid one. */
+static int sb_load(int fd, const struct drive_info *info, const struct keys *k,
+		   struct sb *out, struct err *e)
+{
+	uint8_t buf[SB_LEN];
+	struct sb cand[2];
+	struct err e1[2];
+	int rc[2], i, best = -1;
+
+	for (i = 0; i < 2; i++) {
+		uint64_t off = info->data_offset + (i ? STORE_SB1_OFF : STORE_SB0_OFF);
+
+		err_clear(&e1[i]);
+		rc[i] = pread_full(fd, buf, sizeof(buf), off);
+		if (rc[i] == -ENODATA) {
+			rc[i] = err_set(&e1[i], -EUCLEAN, "drive is truncated: no superblock");
+			continue;
+		}
+		if (rc[i] < 0) {
+			return err_set(e, rc[i], "%s: read superblock: %s", info->uuid,
+				       strerror(-rc[i]));
+		}
+		rc[i] = sb_parse(buf, k, &cand[i], &e1[i]);
+		if (rc[i] == 0 && memcmp(cand[i].uuid, info->uuid_bin, 16) != 0)
+			rc[i] = err_set(&e1[i], -ESTALE,
+					"superblock belongs to another drive");
+		if (rc[i] == 0 && (best < 0 || cand[i].seq > cand[best].seq))
+			best = i;
+	}
+	/* Tampering, another version or another drive is reported even when
+	 * the other copy is fine: silently falling back would hide it. */
+	for (i = 0; i < 2; i++) {
+		if (rc[i] == -EACCES)
+			return err_set(e, -EBADMSG, "%s", e1[i].msg);
+		if (rc[i] == -EPROTONOSUPPORT || rc[i] == -ESTALE)
+			return err_set(e, rc[i], "%s", e1[i].msg);
+	}
+	if (best < 0)
+		return err_set(e, -EUCLEAN, "no valid ferry superblock (%s)", e1[0].msg);
+	*out = cand[best];
+	return 0;
+}
+
+static int store_device_size(int fd, uint64_t *size)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (S_ISBLK(st.st_mode)) {
+		if (ioctl(fd, BLKGETSIZE64, size) < 0)
+			return -errno;
+		return 0;
+	}
+	*size = (uint64_t)st.st_size;
+	return 0;
+}
+
+static int store_open_fd(const char *dev, int mode, struct err *e)
+{
+	int fd = open(dev, (mode == STORE_RDWR ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+
+	if (fd < 0)
+		return err_set(e, -errno, "%s: %s", dev, strerror(errno));
+	return fd;
+}
+
+static int sb_write(int fd, const struct drive_info *info, const struct sb *sb,
+		    const struct keys *k, struct err *e)
+{
+	uint8_t buf[SB_LEN];
+	uint64_t off = info->data_offset + ((sb->seq & 1) ? STORE_SB1_OFF : STORE_SB0_OFF);
+	int rc;
+
+	sb_pack(sb, k, buf);
+	rc = pwrite_full(fd, buf, sizeof(buf), off);
+	if (rc == 0 && fdatasync(fd) < 0)
+		rc = -errno;
+	if (rc < 0)
+		return err_set(e, rc, "write superblock: %s", strerror(-rc));
+	return 0;
+}
+
+int store_format(const char *dev, const struct drive_info *info,
+		 const struct keys *keys, struct err *e)
+{
+	struct sb sb;
+	uint64_t size;
+	int fd, rc;
+
+	fd = store_open_fd(dev, STORE_RDWR, e);
+	if (fd < 0)
+		return fd;
+	rc = store_device_size(fd, &size);
+	if (rc < 0) {
+		err_set(e, rc, "%s: size: %s", dev, strerror(-rc));
+		goto out;
+	}
+	if (size < STORE_MIN_DEVICE) {
+		rc = err_set(e, -ENOSPC, "%s: device too small", dev);
+		goto out;
+	}
+	memset(&sb, 0, sizeof(sb));
+	memcpy(sb.uuid, info->uuid_bin, 16);
+	sb.state = DRIVE_PREPARED;
+	sb.device_size = size;
+	sb.log_start = info->data_offset + STORE_LOG_OFF;
+	sb.log_end = sb.log_start;
+	sb.log_limit = size - STORE_RESERVE;
+	sb.next_rec = 1;
+	sb.created = sb.updated = util_wall_s();
+	/* Both copies: seq 1 lands in slot 1, seq 2 in slot 0 (the newest). */
+	sb.seq = 1;
+	rc = sb_write(fd, info, &sb, keys, e);
+	if (rc == 0) {
+		sb.seq = 2;
+		rc = sb_write(fd, info, &sb, keys, e);
+	}
+out:
+	close(fd);
+	return rc;
+}
+
+int store_peek(const char *dev, const struct drive_info *info, struct sb *out,
+	       struct err *e)
+{
+	int fd = store_open_fd(dev, STORE_RDONLY, e), rc;
+
+	if (fd < 0)
+		return fd;
+	rc = sb_load(fd, info, NULL, out, e);
+	close(fd);
+	return rc;
+}
+
+int store_open(const char *dev, const struct drive_info *info,
+	       const struct keys *keys, int mode, struct store **out,
+	       struct err *e)
+{
+	struct store *s = NULL;
+	uint64_t size = 0;
+	const char *fault;
+	int rc;
+
+	*out = NULL;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return err_set(e, -ENOMEM, "store: out of memory");
+	s->fd = -1;
+	s->mode = mode;
+	s->keys = keys;
+	s->info = *info;
+	s->path = strdup(dev);
+	if (!s->path) {
+		rc = err_set(e, -ENOMEM, "store: out of memory");
+		goto fail;
+	}
+	rc = store_open_fd(dev, mode, e);
+	if (rc < 0)
+		goto fail;
+	s->fd = rc;
+	rc = sb_load(s->fd, info, keys, &s->sb, e);
+	if (rc < 0)
+		goto fail;
+	rc = store_device_size(s->fd, &size);
+	if (rc < 0) {
+		err_set(e, rc, "%s: size: %s", dev, strerror(-rc));
+		goto fail;
+	}
+	if (size < s->sb.device_size) {
+		rc = err_set(e, -EUCLEAN,
+			     "drive is truncated: %llu bytes, %llu when prepared",
+			     (unsigned long long)size,
+			     (unsigned long long)s->sb.device_size);
+		goto fail;
+	}
+	s->tail = s->sb.log_end;
+	s->next_seq = s->sb.next_rec;
+	memcpy(s->prev, s->sb.tail, REC_DIGEST_LEN);
+	if (mode == STORE_RDWR) {
+		s->wbuf = malloc(STORE_WBUF + codec_bound(REC_MAX_PLAIN));
+		if (!s->wbuf) {
+			rc = err_set(e, -ENOMEM, "store: out of memory");
+			goto fail;
+		}
+		s->wbuf_off = s->tail;
+		fault = getenv("FERRY_FAULT_WRITE_LIMIT");
+		if (fault && util_parse_size(fault, &s->fault_limit) < 0)
+			s->fault_limit = 0;
+	}
+	*out = s;
+	return 0;
+fail:
+	store_close(s);
+	return rc;
+}
+
+void store_close(struct store *s)
+{
+	if (!s)
+		return;
+	if (s->fd >= 0)
+		close(s->fd);
+	free(s->wbuf);
+	free(s->path);
+	free(s);
+}
+
+const struct sb *store_sb(const struct store *s)
+{
+	return &s->sb;
+}
+
+int store_fd(const struct store *s)
+{
+	return s->fd;
+}
+
+uint64_t store_free(const struct store *s)
+{
+	return s->tail < s->sb.log_limit ? s->sb.log_limit - s->tail : 0;
+}
+
+uint64_t store_free_total(const struct store *s)
+{
+	return s->tail < s->sb.device_size ? s->sb.device_size - s->tail : 0;
+}
+
+/* Writes the buffer out without syncing. */
+static int store_drain(struct store *s, struct err *e)
+{
+	uint64_t end;
+	int rc;
+
+	if (s->failed)
+		return err_set(e, -EIO, "store: drive in error state after a failed write");
+	if (!s->wlen)
+		return 0;
+	end = s->wbuf_off + s->wlen;
+	if (s->fault_limit && end > s->fault_limit)
+		rc = -ENOSPC;
+	else
+		rc = pwrite_full(s->fd, s->wbuf, s->wlen, s->wbuf_off);
+	if (rc < 0) {
+		s->failed = 1;
+		return err_set(e, rc, "%s: write at %llu: %s", s->path,
+			       (unsigned long long)s->wbuf_off, strerror(-rc));
+	}
+	s->wbuf_off = end;
+	s->wlen = 0;
+	return 0;
+}
+
+int store_append(struct store *s, struct codec *c, struct rec_hdr *h,
+		 const uint8_t *plain, size_t plen, int ignore_limit,
+		 uint64_t *off, uint32_t *len, struct err *e)
+{
+	uint64_t limit, end;
+	ssize_t n;
+	int rc;
+
+	if (s->mode != STORE_RDWR)
+		return err_set(e, -EBADF, "store: opened read-only");
+	if (s->sb.state == DRIVE_SEALED || s->sb.state == DRIVE_INGESTED)
+		return err_set(e, -EROFS, "drive is sealed");
+	if (s->wlen + codec_bound(plen) > STORE_WBUF + codec_bound(REC_MAX_PLAIN) ||
+	    s->wlen >= STORE_WBUF) {
+		rc = store_drain(s, e);
+		if (rc < 0)
+			return rc;
+	}
+	h->seq = s->next_seq;
+	memcpy(h->prev, s->prev, REC_DIGEST_LEN);
+	n = codec_seal(c, h, plain, plen, s->wbuf + s->wlen,
+		       codec_bound(plen), e);
+	if (n < 0)
+		return (int)n;
+	limit = ignore_limit ? s->sb.device_size : s->sb.log_limit;
+	if (ck_add(s->tail, (uint64_t)n, &end) || end > limit)
+		return err_set(e, -ENOSPC, "drive full: %llu bytes free",
+			       (unsigned long long)(limit > s->tail ? limit - s->tail : 0));
+	rec_digest(s->wbuf + s->wlen, (size_t)n, s->prev);
+	*off = s->tail;
+	*len = (uint32_t)n;
+	s->wlen += (size_t)n;
+	s->tail = end;
+	s->next_seq++;
+	return 0;
+}
+
+int store_flush(struct store *s, struct err *e)
+{
+	int rc = store_drain(s, e);
+
+	if (rc < 0)
+		return rc;
+	if (fdatasync(s->fd) < 0) {
+		s->failed = 1;
+		return err_set(e, -errno, "%s: sync: %s", s->path, strerror(errno));
+	}
+	return 0;
+}
+
+int store_commit(struct store *s, uint32_t state, uint64_t ckpt_off,
+		 uint64_t ckpt_gen, struct err *e)
+{
+	struct sb sb = s->sb;
+	int rc;
+
+	rc = store_flush(s, e);
+	if (rc < 0)
+		return rc;
+	sb.seq++;
+	sb.state = state;
+	sb.log_end = s->tail;
+	sb.next_rec = s->next_seq;
+	memcpy(sb.tail, s->prev, REC_DIGEST_LEN);
+	if (ckpt_off) {
+		sb.ckpt_off = ckpt_off;
+		sb.ckpt_gen = ckpt_gen;
+	}
+	sb.updated = util_wall_s();
+	rc = sb_write(s->fd, &s->info, &sb, s->keys, e);
+	if (rc < 0) {
+		s->failed = 1;
+		return rc;
+	}
+	sb.mac_ok = 1;
+	s->sb = sb;
+	return 0;
+}
+
+int store_set_tail(struct store *s, const struct store_scan_pos *pos,
+		   struct err *e)
+{
+	if (s->wlen)
+		return err_set(e, -EBUSY, "store: appends pending");
+	if (pos->off < s->sb.log_start || pos->off > s->sb.device_size)
+		return err_set(e, -EINVAL, "store: tail out of range");
+	s->tail = pos->off;
+	s->wbuf_off = pos->off;
+	s->next_seq = pos->seq;
+	memcpy(s->prev, pos->prev, REC_DIGEST_LEN);
+	return 0;
+}
+
+ssize_t store_read_rec(struct store *s, uint64_t off, struct rec_hdr *h,
+		       uint8_t *buf, size_t cap, struct err *e)
+{
+	uint64_t end;
+	int rc;
+
+	if (cap < REC_HDR_LEN)
+		return err_set(e, -ENOBUFS, "store: buffer too small");
+	if (off < s->sb.log_start || ck_add(off, (uint64_t)REC_HDR_LEN, &end) ||
+	    end > s->sb.device_size)
+		return err_set(e, -EBADMSG, "record offset %llu out of range",
+			       (unsigned long long)off);
+	rc = pread_full(s->fd, buf, REC_HDR_LEN, off);
+	if (rc < 0)
+		return err_set(e, rc == -ENODATA ? -EUCLEAN : rc,
+			       "record at %llu: %s", (unsigned long long)off,
+			       rc == -ENODATA ? "drive is truncated" : strerror(-rc));
+	rc = rec_hdr_parse(buf, h, e);
+	if (rc < 0)
+		return err_prefix(e, "record at %llu", (unsigned long long)off);
+	if (rec_total_len(h) > cap || off + rec_total_len(h) > s->sb.device_size)
+		return err_set(e, -EBADMSG, "record at %llu: length out of range",
+			       (unsigned long long)off);
+	rc = pread_full(s->fd, buf + REC_HDR_LEN, h->payload_len, off + REC_HDR_LEN);
+	if (rc < 0)
+		return err_set(e, rc == -ENODATA ? -EUCLEAN : rc,
+			       "record at %llu: %s", (unsigned long long)off,
+			       rc == -ENODATA ? "drive is truncated" : strerror(-rc));
+	return (ssize_t)rec_total_len(h);
+}
+
+int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
+	       int tolerant, store_rec_fn fn, void *opaque, struct err *e)
+{
+	uint8_t *buf = NULL;
+	uint64_t boff = 0;        /* device offset of buf[0] */
+	size_t blen = 0;          /* valid bytes in buf */
+	struct rec_hdr h;
+	struct err e1;
+	int rc = 0;
+
+	if (!end || end > s->sb.device_size)
+		end = s->sb.device_size;
+	buf = malloc(STORE_RBUF);
+	if (!buf)
+		return err_set(e, -ENOMEM, "store: out of memory");
+	while (pos->off < end) {
+		uint64_t rel, need;
+
+		/* Make sure the header, then the whole record, is in buf. */
+		rel = pos->off - boff;
+		if (pos->off < boff || rel + REC_HDR_LEN > blen) {
+			size_t want = STORE_RBUF;
+
+			if (end - pos->off < want)
+				want = (size_t)(end - pos->off);
+			if (want < REC_HDR_LEN) {
+				rc = tolerant ? 0 : err_set(e, -EBADMSG,
+					"log ends inside a record header at %llu",
+					(unsigned long long)pos->off);
+				break;
+			}
+			rc = pread_full(s->fd, buf, want, pos->off);
+			if (rc < 0) {
+				if (tolerant && rc == -ENODATA) {
+					rc = 0;
+					break;
+				}
+				rc = err_set(e, rc == -ENODATA ? -EUCLEAN : rc,
+					     "read log at %llu: %s",
+					     (unsigned long long)pos->off,
+					     rc == -ENODATA ? "drive is truncated" :
+					     strerror(-rc));
+				break;
+			}
+			boff = pos->off;
+			blen = want;
+			rel = 0;
+		}
+		rc = rec_hdr_parse(buf + rel, &h, &e1);
+		if (rc == 0 && h.seq != pos->seq)
+			rc = err_set(&e1, -EBADMSG, "record sequence %llu, expected %llu",
+				     (unsigned long long)h.seq,
+				     (unsigned long long)pos->seq);
+		if (rc == 0 && sodium_memcmp(h.prev, pos->prev, REC_DIGEST_LEN) != 0)
+			rc = err_set(&e1, -EBADMSG, "record does not chain to the one before");
+		need = rec_total_len(&h);
+		if (rc == 0 && pos->off + need > end)
+			rc = err_set(&e1, -EBADMSG, "record runs past the end of the log");
+		if (rc < 0) {
+			if (tolerant)
+				rc = 0;
+			else
+				err_set(e, rc, "record %llu at %llu: %s",
+					(unsigned long long)pos->seq,
+					(unsigned long long)pos->off, e1.msg);
+			break;
+		}
+		if (rel + need > blen) {
+			/* Refill from this record's start. */
+			size_t want = STORE_RBUF;
+
+			if (end - pos->off < want)
+				want = (size_t)(end - pos->off);
+			rc = pread_full(s->fd, buf, want, pos->off);
+			if (rc < 0) {
+				if (tolerant && rc == -ENODATA) {
+					rc = 0;
+					break;
+				}
+				rc = err_set(e, rc == -ENODATA ? -EUCLEAN : rc,
+					     "read log at %llu: %s",
+					     (unsigned long long)pos->off,
+					     rc == -ENODATA ? "drive is truncated" :
+					     strerror(-rc));
+				break;
+			}
+			boff = pos->off;
+			blen = want;
+			rel = 0;
+		}
+		rc = fn(opaque, pos->off, &h, buf + rel, (size_t)need);
+		if (rc != 0) {
+			if (rc > 0)
+				rc = 0;
+			break;
+		}
+		rec_digest(buf + rel, (size_t)need, pos->prev);
+		pos->off += need;
+		pos->seq++;
+	}
+	free(buf);
+	return rc;
+}

@@ -1,0 +1,145 @@
+/*
+ * store: the drive's data area: two alternating superblocks and the
+ * append-only record log (docs/FORMAT.md "Data area").
+ *
+ * Invariants:
+ *  1. Everything in [log_start, sb.log_end) has been written and synced
+ *     before the superblock naming that log_end was written.
+ *  2. The superblock with the highest valid sequence number wins; a torn
+ *     superblock write leaves the other copy intact.
+ *  3. Records form a chain: record n's header carries the digest of record
+ *     n-1 and its sequence number is n, so stale records past the tail of
+ *     an interrupted run never pass for new ones.
+ *  4. Appends never pass log_limit; the space between log_limit and the end
+ *     of the device is reserved for the final checkpoint and the seal.
+ *  5. A sealed drive refuses appends of chunk records.
+ */
+#ifndef FERRY_STORE_H
+#define FERRY_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "err.h"
+#include "keys.h"
+
+#define SB_LEN 4096
+#define SB_VERSION 1
+#define STORE_SB0_OFF 0              /* relative to the data offset */
+#define STORE_SB1_OFF 4096
+#define STORE_LOG_OFF (1u << 20)      /* log start, relative to data offset */
+#define STORE_RESERVE (64u << 20)     /* kept free for final checkpoint and seal */
+#define STORE_MIN_DEVICE (KEYS_DATA_OFFSET + STORE_LOG_OFF + STORE_RESERVE + (16u << 20))
+
+enum drive_state {
+	DRIVE_PREPARED = 1,
+	DRIVE_SEEDING = 2,
+	DRIVE_SEALED = 3,
+	DRIVE_INGESTED = 4,
+};
+const char *store_state_name(uint32_t state);
+
+/* The superblock, as parsed (absolute offsets on the device). */
+struct sb {
+	uint64_t seq;
+	uint8_t uuid[16];
+	uint32_t state;
+	uint32_t flags;
+	uint64_t device_size;
+	uint64_t log_start;
+	uint64_t log_end;
+	uint64_t log_limit;
+	uint64_t next_rec;        /* sequence number of the next record */
+	uint64_t ckpt_off;        /* first part of the newest checkpoint, 0: none */
+	uint64_t ckpt_gen;        /* generation of that checkpoint */
+	uint8_t tail[REC_DIGEST_LEN]; /* digest of the record ending at log_end */
+	uint8_t set_id[16];       /* drive set (k of n), zero when alone */
+	uint16_t set_index;
+	uint16_t set_count;
+	uint64_t created;         /* unix seconds */
+	uint64_t updated;
+	int mac_ok;               /* 1 verified with sb_key, 0 not checked, -1 bad */
+};
+
+struct store;
+
+#define STORE_RDONLY 0
+#define STORE_RDWR 1
+
+/*
+ * Opens the data area of a probed drive. keys may be NULL for keyless
+ * access (superblocks are then checked by checksum only, records cannot be
+ * opened). Fails -EUCLEAN when no superblock is valid, -EPROTONOSUPPORT for
+ * another format version (with a message naming both versions), -ESTALE when
+ * the superblock belongs to another drive, -EBADMSG when a superblock MAC
+ * fails with the right key.
+ */
+int store_open(const char *dev, const struct drive_info *info,
+	       const struct keys *keys, int mode, struct store **out,
+	       struct err *e);
+void store_close(struct store *s);
+
+/* Writes both superblocks of a fresh drive (state PREPARED, empty log). */
+int store_format(const char *dev, const struct drive_info *info,
+		 const struct keys *keys, struct err *e);
+
+const struct sb *store_sb(const struct store *s);
+int store_fd(const struct store *s);
+/* Bytes still appendable before log_limit. */
+uint64_t store_free(const struct store *s);
+/* Bytes past log_end including the reserve. */
+uint64_t store_free_total(const struct store *s);
+
+/*
+ * Appends a record (buffered): assigns seq and prev, encodes with the codec,
+ * returns the record's device offset in *off and its total length in *len.
+ * -ENOSPC when it would pass log_limit (or the device, with ignore_limit),
+ * in which case nothing is appended. -EROFS when sealed.
+ */
+int store_append(struct store *s, struct codec *c, struct rec_hdr *h,
+		 const uint8_t *plain, size_t plen, int ignore_limit,
+		 uint64_t *off, uint32_t *len, struct err *e);
+/* Writes buffered records and fdatasyncs them. */
+int store_flush(struct store *s, struct err *e);
+/*
+ * Flushes, then writes the next superblock copy with the current log end,
+ * the given state and checkpoint (ckpt_off 0 keeps the current one), syncs.
+ */
+int store_commit(struct store *s, uint32_t state, uint64_t ckpt_off,
+		 uint64_t ckpt_gen, struct err *e);
+
+/* Callback for store_scan: hdr parsed, rec = header+payload (len bytes),
+ * off its device offset. Return 0 to go on, >0 to stop, <0 to fail. */
+typedef int (*store_rec_fn)(void *opaque, uint64_t off, const struct rec_hdr *h,
+			    const uint8_t *rec, size_t len);
+
+/*
+ * Reads records sequentially from off, checking each header and the chain
+ * (seq = expected_seq, prev = expected prev digest), up to end (0 = the end
+ * of the device). Stops quietly at the first record that does not parse or
+ * does not chain when tolerant (roll-forward over a torn tail) and sets
+ * *stop_off to where it stopped; fails -EBADMSG otherwise.
+ */
+struct store_scan_pos {
+	uint64_t off;
+	uint64_t seq;
+	uint8_t prev[REC_DIGEST_LEN];
+};
+int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
+	       int tolerant, store_rec_fn fn, void *opaque, struct err *e);
+
+/* Moves the append position to pos (after a roll-forward). */
+int store_set_tail(struct store *s, const struct store_scan_pos *pos,
+		   struct err *e);
+
+/* Reads one record at off into buf (cap >= REC_HDR_LEN + REC_MAX_PAYLOAD),
+ * parses its header. Returns total length or -errno. */
+ssize_t store_read_rec(struct store *s, uint64_t off, struct rec_hdr *h,
+		       uint8_t *buf, size_t cap, struct err *e);
+
+/* Reads the superblocks of dev without any key (for status and list). */
+int store_peek(const char *dev, const struct drive_info *info, struct sb *out,
+	       struct err *e);
+
+#endif
