@@ -16,6 +16,7 @@ files=$(find common image seeder ingest appliance \
 if [ -n "$files" ]; then
 	# A call is the name not preceded by an identifier character (so
 	# snprintf, fgets, srand and strtok_r pass) and followed by "(".
+	# shellcheck disable=SC2086 # a list of paths without blanks
 	hits=$(grep -nE "(^|[^A-Za-z0-9_])($BANNED)[[:space:]]*\(" $files)
 	if [ -n "$hits" ]; then
 		echo "lint: banned functions (use snprintf, strtoull with checks, strtok_r, randombytes_buf):"

@@ -36,8 +36,10 @@ wanted() {
 	for pat in "$@"; do
 		pat=${pat%.sh}
 		pat=${pat#tests/}
-		# shellcheck disable=SC2254 # patterns are globs on purpose
+		# Unquoted on purpose: the patterns are globs.
+		# shellcheck disable=SC2254
 		case $name in $pat) return 0 ;; esac
+		# shellcheck disable=SC2254
 		case $base in $pat) return 0 ;; esac
 	done
 	return 1
@@ -54,6 +56,7 @@ run_one() {
 		echo $? >"$work/rc"
 	} | tee "$work/out"
 	rc=$(cat "$work/rc")
+	# shellcheck disable=SC2046 # seven numbers, split on purpose
 	set -- $(awk '
 		/^ok[ \t]/ || $0 == "ok" {
 			n++
@@ -96,7 +99,9 @@ run_one() {
 
 if [ -d "$FERRY_BUILD/tests" ]; then
 	for t in "$FERRY_BUILD"/tests/test_*; do
-		[ -f "$t" ] && [ -x "$t" ] || continue
+		if [ ! -f "$t" ] || [ ! -x "$t" ]; then
+			continue
+		fi
 		name=unit/$(basename "$t")
 		wanted "$name" "$@" || continue
 		run_one "$name" "$t"

@@ -2,6 +2,7 @@
 # 00_harness: proves lib.sh itself before any other e2e test relies on it.
 # Each helper runs in a subshell with its output captured, and the output
 # is then checked, so a helper that passes everything fails here.
+# shellcheck source=tests/e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 # sub CMD...: runs a lib.sh helper in a subshell numbered from 1, prints
@@ -94,8 +95,8 @@ else
 fi
 refute "done_testing counted no failures as passes" "$out" '^ok 2'
 
-out=$(bash -c ". '$FERRY_SRC/tests/e2e/lib.sh'; ok a; done_testing" 2>&1)
-if [ $? -eq 0 ]; then ok "done_testing exits 0 when all passed"
+if out=$(bash -c ". '$FERRY_SRC/tests/e2e/lib.sh'; ok a; done_testing" 2>&1)
+then ok "done_testing exits 0 when all passed"
 else not_ok "done_testing exits 0 when all passed" "$out"; fi
 
 out=$(bash -c ". '$FERRY_SRC/tests/e2e/lib.sh'; echo \"\$undefined_var\"" 2>&1)

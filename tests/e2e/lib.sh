@@ -17,11 +17,15 @@ set -u
 FERRY_SRC=${FERRY_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 FERRY_BUILD=${FERRY_BUILD:-$FERRY_SRC/build}
 export FERRY_SRC FERRY_BUILD
+# shellcheck disable=SC2034 # used by the scripts that source this file
 SEED=$FERRY_BUILD/ferry-seed
+# shellcheck disable=SC2034
 INGEST=$FERRY_BUILD/ferry-ingest
+# shellcheck disable=SC2034
 APPLIANCE=$FERRY_BUILD/ferry-appliance
 
 # Lowers the appliance's Argon2id cost so tests do not spend seconds per key.
+# shellcheck disable=SC2034
 fast_kdf="--kdf-memory 64K --kdf-iterations 4"
 
 _tap_n=0
