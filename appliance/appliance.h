@@ -1,0 +1,45 @@
+/*
+ * ferry-appliance: the program that discovers, prepares, inspects and
+ * crypto-erases ferry drives. main.c dispatches to one file per subcommand;
+ * this header holds what they share: the subcommand entry points and the
+ * output helpers that keep the contract of every ferry program (exit 0 on
+ * success, 1 with exactly one "ferry-appliance: ..." line on stderr on
+ * failure, 2 on usage errors).
+ */
+#ifndef FERRY_APPLIANCE_H
+#define FERRY_APPLIANCE_H
+
+#include <jansson.h>
+
+#include "../common/err.h"
+
+#define APPLIANCE_PROG "ferry-appliance"
+
+#define APPLIANCE_EXIT_OK 0
+#define APPLIANCE_EXIT_FAIL 1
+#define APPLIANCE_EXIT_USAGE 2
+
+/* Subcommands: argv[0] is the subcommand name; return the exit status. */
+int appliance_list(int argc, char **argv);
+int appliance_prepare(int argc, char **argv);
+int appliance_status(int argc, char **argv);
+int appliance_erase(int argc, char **argv);
+
+/* Prints "ferry-appliance: <e->msg>" (or a generic line when e is empty)
+ * on stderr; returns APPLIANCE_EXIT_FAIL. */
+int appliance_fail(const struct err *e);
+/* Prints "ferry-appliance: <message>" on stderr; returns APPLIANCE_EXIT_FAIL. */
+int appliance_failf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints "ferry-appliance: CMD: <message> (see 'ferry-appliance CMD --help')"
+ * on stderr; returns APPLIANCE_EXIT_USAGE. */
+int appliance_usage_error(const char *cmd, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Turns a getopt_long '?' or ':' result into a usage error line. */
+int appliance_getopt_error(const char *cmd, int c, char **argv);
+/* Prints root as one compact JSON line on stdout (cli_json_emit) and
+ * releases it; 0, or 1 when root is NULL (out of memory). */
+int appliance_json_print(json_t *root);
+/* json_integer for an unsigned quantity (sizes stay far below 2^63). */
+json_t *appliance_json_u64(unsigned long long v);
+
+#endif

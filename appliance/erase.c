@@ -1,0 +1,147 @@
+/*
+ * ferry-appliance erase: crypto-erase of a ferry drive.
+ *
+ * Every keyslot is destroyed and the whole LUKS2 area below the data offset
+ * (both header copies and the keyslot area) is overwritten with random bytes
+ * (keys_erase); without the volume key the records left in the data area can
+ * never be decrypted again. Both ferry superblocks are then zeroed, so
+ * nothing identifies the drive's former contents either. Requires --yes.
+ */
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/keys.h"
+#include "../common/store.h"
+#include "../common/util.h"
+#include "appliance.h"
+
+#define ERASE_CMD "erase"
+
+struct erase_opts {
+	const char *dev;
+	int yes;
+	int json;
+};
+
+static void erase_help(void)
+{
+	printf("usage: " APPLIANCE_PROG " erase DEVICE --yes [OPTIONS]\n\n"
+	       "Crypto-erases a ferry drive: destroys every keyslot, overwrites "
+	       "the LUKS2 header\nand keyslot area with random bytes and zeroes "
+	       "both ferry superblocks. The data\nleft on the drive can no "
+	       "longer be decrypted, by anyone. There is no undo.\n\n"
+	       "options:\n"
+	       "  --yes    required: confirms that the drive is to be erased\n"
+	       "  --json   print the result as one JSON object\n"
+	       "  --help   this text\n");
+}
+
+static int erase_parse(int argc, char **argv, struct erase_opts *o)
+{
+	enum { OPT_YES = 256, OPT_JSON, OPT_HELP };
+	static const struct option longopts[] = {
+		{ "yes", no_argument, NULL, OPT_YES },
+		{ "json", no_argument, NULL, OPT_JSON },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	memset(o, 0, sizeof(*o));
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+		switch (c) {
+		case OPT_YES:
+			o->yes = 1;
+			break;
+		case OPT_JSON:
+			o->json = 1;
+			break;
+		case OPT_HELP:
+			erase_help();
+			return -1;
+		default:
+			return appliance_getopt_error(ERASE_CMD, c, argv);
+		}
+	}
+	if (optind >= argc)
+		return appliance_usage_error(ERASE_CMD, "DEVICE is missing");
+	if (optind + 1 < argc)
+		return appliance_usage_error(ERASE_CMD, "unexpected argument '%s'",
+					     argv[optind + 1]);
+	o->dev = argv[optind];
+	if (!o->yes)
+		return appliance_usage_error(ERASE_CMD, "erasing %s destroys its "
+					     "keys for good; add --yes to "
+					     "confirm", o->dev);
+	return 0;
+}
+
+/* Zeroes both superblocks of the data area and syncs. */
+static int erase_superblocks(const char *dev, const struct drive_info *info,
+			     struct err *e)
+{
+	static const uint8_t zero[SB_LEN];
+	static const uint64_t offs[] = { STORE_SB0_OFF, STORE_SB1_OFF };
+	size_t i;
+	int fd, rc = 0;
+
+	fd = open(dev, O_WRONLY | O_CLOEXEC | (info->is_block ? O_EXCL : 0));
+	if (fd < 0)
+		return err_set(e, -errno, "%s: %s", dev, strerror(errno));
+	for (i = 0; i < ARRAY_SIZE(offs); i++) {
+		if (info->data_offset + offs[i] + SB_LEN > info->device_size)
+			continue;
+		rc = pwrite_full(fd, zero, sizeof(zero),
+				 info->data_offset + offs[i]);
+		if (rc < 0) {
+			err_set(e, rc, "%s: zeroing superblock %zu: %s", dev, i,
+				strerror(-rc));
+			goto out;
+		}
+	}
+	if (fdatasync(fd) < 0)
+		rc = err_set(e, -errno, "%s: sync: %s", dev, strerror(errno));
+out:
+	close(fd);
+	return rc;
+}
+
+int appliance_erase(int argc, char **argv)
+{
+	struct erase_opts o;
+	struct drive_info info;
+	struct err e = { 0, "" };
+	char report[256];
+	uint64_t header;
+	int rc;
+
+	rc = erase_parse(argc, argv, &o);
+	if (rc != 0)
+		return rc < 0 ? APPLIANCE_EXIT_OK : rc;
+	/* Refuses anything that is not a ferry drive before writing a byte. */
+	rc = keys_probe(o.dev, &info, &e);
+	if (rc < 0)
+		return appliance_fail(&e);
+	rc = keys_erase(o.dev, report, sizeof(report), &e);
+	if (rc < 0)
+		return appliance_fail(&e);
+	rc = erase_superblocks(o.dev, &info, &e);
+	if (rc < 0)
+		return appliance_failf("%s (the keys are already destroyed: "
+				       "the data cannot be decrypted)", e.msg);
+	header = info.device_size < KEYS_DATA_OFFSET ? info.device_size
+						     : KEYS_DATA_OFFSET;
+	if (o.json)
+		return appliance_json_print(json_pack(
+			"{s:s,s:b,s:i,s:o,s:i}", "device", o.dev, "erased", 1,
+			"keyslots_destroyed", info.keyslots,
+			"header_bytes_overwritten", appliance_json_u64(header),
+			"superblocks_zeroed", 2));
+	printf("%s: crypto-erased: %s and both ferry superblocks; the data left "
+	       "on the drive can no longer be decrypted\n", o.dev, report);
+	return APPLIANCE_EXIT_OK;
+}
