@@ -1,0 +1,737 @@
+/*
+ * ferry-seed write: seed disk images onto a drive.
+ *
+ * Design note. For each disk the source's allocation map is walked from the
+ * disk's recorded progress (done_off); every chunk-size aligned chunk that
+ * touches allocated data is read (holes inside it read as zeros without
+ * touching the source), all-zero chunks are skipped, others get a keyed id;
+ * an id already on the drive only adds an extent row (dedup across every
+ * disk of the drive), a new one is compressed, encrypted and appended.
+ *
+ * Invariants:
+ *  1. A disk's done_off only advances in a checkpoint that also holds every
+ *     extent row below it; after a crash the drive's newest checkpoint says
+ *     where to go on, and chunk records written after it are found by the
+ *     roll-forward in drive_open, so they are not written twice.
+ *  2. Checkpoints happen every CKPT_BYTES appended, CKPT_ROWS rows or
+ *     CKPT_SECONDS, bounding the work a crash can lose.
+ *  3. Running out of space (ENOSPC) ends the run with a checkpoint in the
+ *     reserved space, so what was seeded stays ingestible and sealable.
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zstd.h>
+
+#include "../common/cli.h"
+#include "../common/drive.h"
+#include "../common/root.h"
+#include "../common/util.h"
+#include "../image/img.h"
+#include "seed.h"
+
+#define CHUNK_DEFAULT (64u << 10)
+#define CHUNK_MIN (4u << 10)
+#define CHUNK_MAX (4u << 20)
+#define CKPT_BYTES (256ull << 20)
+#define CKPT_ROWS 100000u
+#define CKPT_SECONDS 15u
+#define SAMPLES 64u
+#define MAX_DISKS 1024
+
+struct disk_spec {
+	char *name;
+	char *source;
+	struct img *img;
+	uint64_t allocated;
+	struct manifest_disk md;
+	int skip;                 /* already complete */
+	/* counters of this run */
+	uint64_t new_chunks, new_bytes, dedup_chunks, zero_chunks, read_bytes;
+};
+
+struct extent_vec {
+	struct img_extent *v;
+	size_t n, cap;
+};
+
+struct writer {
+	struct drive *d;
+	struct disk_spec *disks;
+	size_t ndisks;
+	uint32_t chunk_size;
+	int chunk_size_given;
+	struct ratelimit rl;
+	struct progress *prog;
+	int json;
+	uint8_t *buf;
+	uint64_t since_bytes, since_rows, since_ns;
+	uint64_t total_appended;
+	int full;                 /* ran out of space */
+};
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	interrupted = 1;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: ferry-seed write DEVICE NAME=SOURCE... [options]\n"
+		"\n"
+		"Seeds disk images onto a prepared ferry drive: only allocated extents are\n"
+		"read, holes and all-zero chunks are not stored, identical chunks are\n"
+		"stored once across every disk, data is compressed (zstd) and encrypted.\n"
+		"Killed or interrupted, the same command resumes where it stopped. Run it\n"
+		"again with more NAME=SOURCE pairs to add disks to the same drive.\n"
+		"\n"
+		"  NAME=SOURCE           disk name (letters, digits, . _ -, at most 64)\n"
+		"                        and a raw image file or block device\n"
+		"  --key-file F          the drive's key file (default: ask on the terminal)\n"
+		"  --state DIR           host state folder (default: $FERRY_STATE_DIR/seed,\n"
+		"                        /var/lib/ferry/seed as root, ~/.local/state/ferry/seed)\n"
+		"  --chunk-size S        chunk size for new disks, a power of two from 4K\n"
+		"                        to 4M (default 64K)\n"
+		"  --max-read-rate R     cap reads from the sources at R bytes/s (e.g. 100M)\n"
+		"  --level N             zstd level 1-19 (default 3)\n"
+		"  --json                JSON lines on stdout: progress and a final summary\n"
+		"  -h, --help            this help\n");
+}
+
+static int name_valid(const char *s)
+{
+	size_t n = strlen(s), i;
+
+	if (n == 0 || n > MANIFEST_NAME_MAX)
+		return 0;
+	for (i = 0; i < n; i++) {
+		char c = s[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+			return 0;
+	}
+	return s[0] != '.';
+}
+
+static int collect_extent(void *opaque, const struct img_extent *x)
+{
+	struct extent_vec *ev = opaque;
+
+	if (x->kind != IMG_DATA)
+		return 0;
+	if (ev->n && ev->v[ev->n - 1].off + ev->v[ev->n - 1].len == x->off) {
+		ev->v[ev->n - 1].len += x->len;
+		return 0;
+	}
+	if (ev->n == ev->cap) {
+		size_t cap = ev->cap ? ev->cap * 2 : 256;
+		struct img_extent *nv = realloc(ev->v, cap * sizeof(*nv));
+
+		if (!nv)
+			return -ENOMEM;
+		ev->v = nv;
+		ev->cap = cap;
+	}
+	ev->v[ev->n++] = *x;
+	return 0;
+}
+
+static int data_extents(struct img *im, uint64_t from, struct extent_vec *ev,
+			struct err *e)
+{
+	int rc;
+
+	ev->n = 0;
+	if (from >= im->size)
+		return 0;
+	rc = img_extents(im, from, im->size - from, collect_extent, ev, e);
+	if (rc == -ENOMEM)
+		return err_set(e, rc, "out of memory");
+	return rc < 0 ? rc : 0;
+}
+
+/*
+ * Reads chunk [off, off+len) into buf: data parts from the source, holes as
+ * zeros. *x is the first extent that may overlap (advanced as we go).
+ */
+static int read_chunk(struct writer *w, struct disk_spec *ds,
+		      const struct extent_vec *ev, size_t *x, uint64_t off,
+		      uint32_t len, struct err *e)
+{
+	uint64_t end = off + len;
+	size_t i;
+	int rc;
+
+	memset(w->buf, 0, len);
+	while (*x < ev->n && ev->v[*x].off + ev->v[*x].len <= off)
+		(*x)++;
+	for (i = *x; i < ev->n && ev->v[i].off < end; i++) {
+		uint64_t a = ev->v[i].off > off ? ev->v[i].off : off;
+		uint64_t b = ev->v[i].off + ev->v[i].len < end ? ev->v[i].off + ev->v[i].len : end;
+
+		ratelimit_take(&w->rl, b - a);
+		rc = img_read_at(ds->img, w->buf + (a - off), (size_t)(b - a), a, e);
+		if (rc < 0)
+			return err_prefix(e, "%s", ds->source);
+		ds->read_bytes += b - a;
+		ds->md.read_bytes += b - a;
+	}
+	return 0;
+}
+
+static int writer_checkpoint(struct writer *w, struct err *e)
+{
+	size_t i;
+	int rc;
+
+	for (i = 0; i < w->ndisks; i++) {
+		if (w->disks[i].skip || !w->disks[i].md.id)
+			continue;
+		w->disks[i].md.gen = w->d->gen;
+		rc = manifest_disk_update(w->d->man, &w->disks[i].md, e);
+		if (rc < 0)
+			return rc;
+	}
+	rc = manifest_commit(w->d->man, e);
+	if (rc < 0)
+		return rc;
+	rc = drive_checkpoint(w->d, DRIVE_SEEDING, e);
+	if (rc < 0)
+		return rc;
+	w->since_bytes = w->since_rows = 0;
+	w->since_ns = util_now_ns();
+	return manifest_begin(w->d->man, e);
+}
+
+static int seed_chunk(struct writer *w, struct disk_spec *ds, uint64_t idx,
+		      uint32_t len, struct err *e)
+{
+	struct manifest_chunk c;
+	struct rec_hdr h;
+	uint8_t id[REC_ID_LEN];
+	uint32_t rlen;
+	uint64_t off;
+	int rc;
+
+	if (codec_is_zero(w->buf, len)) {
+		ds->zero_chunks++;
+		ds->md.zero_chunks++;
+		return 0;
+	}
+	codec_chunk_id(w->d->keys, w->buf, len, id);
+	rc = manifest_chunk_find(w->d->man, id, &c, e);
+	if (rc < 0)
+		return rc;
+	if (rc == 0) {
+		memset(&h, 0, sizeof(h));
+		h.type = REC_CHUNK;
+		memcpy(h.id, id, REC_ID_LEN);
+		rc = store_append(w->d->store, w->d->codec, &h, w->buf, len, 0, &off,
+				  &rlen, e);
+		if (rc < 0)
+			return rc;
+		memcpy(c.id, id, REC_ID_LEN);
+		c.off = off;
+		c.seq = h.seq;
+		c.rec_len = rlen;
+		c.plain_len = len;
+		c.gen = w->d->gen;
+		rc = manifest_chunk_put(w->d->man, &c, e);
+		if (rc < 0)
+			return rc;
+		ds->new_chunks++;
+		ds->new_bytes += rlen;
+		w->since_bytes += rlen;
+		w->total_appended += rlen;
+		w->since_rows++;
+	} else {
+		ds->dedup_chunks++;
+	}
+	rc = manifest_extent_put(w->d->man, ds->md.id, idx, id, w->d->gen, e);
+	if (rc < 0)
+		return rc;
+	ds->md.data_chunks++;
+	w->since_rows++;
+	return 0;
+}
+
+static int seed_disk(struct writer *w, struct disk_spec *ds, struct err *e)
+{
+	struct extent_vec ev = { 0 };
+	uint32_t cs = ds->md.chunk_size;
+	uint64_t size = ds->md.size, idx, last_idx = UINT64_MAX;
+	size_t i, x = 0;
+	int rc;
+
+	rc = data_extents(ds->img, ds->md.done_off, &ev, e);
+	if (rc < 0)
+		goto out;
+	progress_item(w->prog, ds->name, size, ds->md.done_off);
+	for (i = 0; i < ev.n; i++) {
+		uint64_t first = ev.v[i].off / cs;
+		uint64_t last = (ev.v[i].off + ev.v[i].len - 1) / cs;
+
+		for (idx = first; idx <= last; idx++) {
+			uint64_t off = idx * cs;
+			uint32_t len = (uint32_t)(size - off < cs ? size - off : cs);
+
+			if (idx == last_idx || off < ds->md.done_off)
+				continue;   /* chunk shared with the previous extent */
+			if (interrupted) {
+				rc = err_set(e, -EINTR, "interrupted");
+				goto out;
+			}
+			rc = read_chunk(w, ds, &ev, &x, off, len, e);
+			if (rc == 0)
+				rc = seed_chunk(w, ds, idx, len, e);
+			if (rc < 0)
+				goto out;
+			last_idx = idx;
+			ds->md.done_off = off + len;
+			progress_update(w->prog, ds->md.done_off);
+			if (w->since_bytes >= CKPT_BYTES || w->since_rows >= CKPT_ROWS ||
+			    util_now_ns() - w->since_ns >= CKPT_SECONDS * 1000000000ull) {
+				rc = writer_checkpoint(w, e);
+				if (rc < 0)
+					goto out;
+			}
+		}
+	}
+	/* Everything past the last data chunk is holes. */
+	ds->md.done_off = size;
+	ds->md.zero_chunks = root_chunks(size, cs) - ds->md.data_chunks;
+	rc = manifest_root(w->d->man, w->d->keys, &ds->md, ds->md.root, e);
+	if (rc < 0)
+		goto out;
+	ds->md.has_root = 1;
+	snprintf(ds->md.state, sizeof(ds->md.state), "complete");
+	ds->md.completed = util_wall_s();
+	rc = manifest_event_add(w->d->man, "disk-seeded", ds->name, w->d->gen, e);
+	if (rc == 0)
+		rc = writer_checkpoint(w, e);
+	progress_item_end(w->prog);
+out:
+	free(ev.v);
+	return rc;
+}
+
+/*
+ * Estimates the bytes still to be appended: the allocated bytes left of
+ * every disk times the stored/read ratio of SAMPLES chunks spread over them
+ * (compression, zero chunks and chunks already on the drive counted).
+ */
+static int estimate_space(struct writer *w, uint64_t *need, struct err *e)
+{
+	struct extent_vec ev = { 0 };
+	uint64_t left = 0, sampled = 0, stored = 0;
+	ZSTD_CCtx *z = ZSTD_createCCtx();
+	size_t i, j;
+	int rc = 0;
+	uint8_t *zbuf = NULL;
+
+	*need = 0;
+	zbuf = malloc(ZSTD_compressBound(CHUNK_MAX));
+	if (!z || !zbuf) {
+		rc = err_set(e, -ENOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < w->ndisks; i++) {
+		struct disk_spec *ds = &w->disks[i];
+		uint64_t disk_left = 0, step, pos;
+		uint64_t saved_rb = ds->read_bytes, saved_md_rb = ds->md.read_bytes;
+		uint32_t cs = ds->md.chunk_size;
+
+		if (ds->skip)
+			continue;
+		rc = data_extents(ds->img, ds->md.done_off, &ev, e);
+		if (rc < 0)
+			goto out;
+		for (j = 0; j < ev.n; j++)
+			disk_left += ev.v[j].len;
+		left += disk_left;
+		if (!disk_left)
+			continue;
+		step = disk_left / (SAMPLES / (w->ndisks < SAMPLES ? w->ndisks : SAMPLES));
+		if (step < cs)
+			step = cs;
+		/* Sample at data positions step apart. */
+		pos = 0;
+		for (j = 0; j < ev.n; j++) {
+			while (pos < ev.v[j].len) {
+				uint64_t off = (ev.v[j].off + pos) / cs * cs;
+				uint32_t len = (uint32_t)(ds->md.size - off < cs ? ds->md.size - off : cs);
+				struct manifest_chunk c;
+				uint8_t id[REC_ID_LEN];
+				size_t x = 0, zlen;
+
+				rc = read_chunk(w, ds, &ev, &x, off, len, e);
+				if (rc < 0)
+					goto out;
+				sampled += len;
+				if (!codec_is_zero(w->buf, len)) {
+					codec_chunk_id(w->d->keys, w->buf, len, id);
+					rc = manifest_chunk_find(w->d->man, id, &c, e);
+					if (rc < 0)
+						goto out;
+					if (rc == 0) {
+						zlen = ZSTD_compressCCtx(z, zbuf, ZSTD_compressBound(len),
+									 w->buf, len, 3);
+						if (ZSTD_isError(zlen) || zlen > len)
+							zlen = len;
+						stored += zlen + REC_HDR_LEN + REC_TAG_LEN;
+					}
+				}
+				pos += step;
+			}
+			pos -= ev.v[j].len;
+		}
+		/* Sampling reads are not part of the seed's read counters. */
+		ds->read_bytes = saved_rb;
+		ds->md.read_bytes = saved_md_rb;
+	}
+	rc = 0;
+	if (sampled)
+		*need = (uint64_t)((double)left * ((double)stored / (double)sampled));
+	/* Manifest rows: about 200 bytes per chunk in checkpoints. */
+	*need += left / (w->chunk_size ? w->chunk_size : CHUNK_DEFAULT) * 200;
+out:
+	free(ev.v);
+	free(zbuf);
+	ZSTD_freeCCtx(z);
+	return rc;
+}
+
+static json_t *disk_json(const struct disk_spec *ds)
+{
+	json_t *o = json_object();
+	char hex[65];
+
+	json_object_set_new(o, "name", json_string(ds->name));
+	json_object_set_new(o, "source", json_string(ds->source));
+	json_object_set_new(o, "size", json_integer((json_int_t)ds->md.size));
+	json_object_set_new(o, "allocated", json_integer((json_int_t)ds->allocated));
+	json_object_set_new(o, "chunk_size", json_integer(ds->md.chunk_size));
+	json_object_set_new(o, "state", json_string(ds->md.state));
+	json_object_set_new(o, "read_bytes", json_integer((json_int_t)ds->read_bytes));
+	json_object_set_new(o, "new_chunks", json_integer((json_int_t)ds->new_chunks));
+	json_object_set_new(o, "new_bytes", json_integer((json_int_t)ds->new_bytes));
+	json_object_set_new(o, "dedup_chunks", json_integer((json_int_t)ds->dedup_chunks));
+	json_object_set_new(o, "zero_chunks", json_integer((json_int_t)ds->md.zero_chunks));
+	json_object_set_new(o, "data_chunks", json_integer((json_int_t)ds->md.data_chunks));
+	if (ds->md.has_root) {
+		util_hex(ds->md.root, 32, hex);
+		json_object_set_new(o, "root_hash", json_string(hex));
+	}
+	return o;
+}
+
+static void print_summary(struct writer *w, int ok, const char *error,
+			  uint64_t elapsed_ns)
+{
+	const struct sb *sb = w->d ? store_sb(w->d->store) : NULL;
+	char a[32], b[32], c[32], r[32];
+	uint64_t read = 0;
+	size_t i;
+
+	for (i = 0; i < w->ndisks; i++)
+		read += w->disks[i].read_bytes;
+	if (w->json) {
+		json_t *o = json_object(), *disks = json_array();
+
+		json_object_set_new(o, "event", json_string("summary"));
+		json_object_set_new(o, "op", json_string("write"));
+		json_object_set_new(o, "ok", json_boolean(ok));
+		if (error)
+			json_object_set_new(o, "error", json_string(error));
+		if (w->d)
+			json_object_set_new(o, "drive_uuid", json_string(w->d->info.uuid));
+		for (i = 0; i < w->ndisks; i++)
+			json_array_append_new(disks, disk_json(&w->disks[i]));
+		json_object_set_new(o, "disks", disks);
+		json_object_set_new(o, "read_bytes", json_integer((json_int_t)read));
+		json_object_set_new(o, "appended_bytes", json_integer((json_int_t)w->total_appended));
+		json_object_set_new(o, "seconds", json_real((double)elapsed_ns / 1e9));
+		if (sb) {
+			json_object_set_new(o, "log_used_bytes",
+					    json_integer((json_int_t)(store_sb(w->d->store)->log_end -
+								      sb->log_start)));
+			json_object_set_new(o, "free_bytes",
+					    json_integer((json_int_t)store_free(w->d->store)));
+		}
+		cli_json_emit(o);
+		return;
+	}
+	if (!w->d)
+		return;
+	for (i = 0; i < w->ndisks; i++) {
+		const struct disk_spec *ds = &w->disks[i];
+
+		if (ds->skip) {
+			printf("%-16s already seeded\n", ds->name);
+			continue;
+		}
+		printf("%-16s %-9s size %s, read %s, stored %s new (%llu chunks), "
+		       "%llu deduplicated, %llu zero\n", ds->name, ds->md.state,
+		       util_fmt_size(ds->md.size, a, sizeof(a)),
+		       util_fmt_size(ds->read_bytes, b, sizeof(b)),
+		       util_fmt_size(ds->new_bytes, c, sizeof(c)),
+		       (unsigned long long)ds->new_chunks,
+		       (unsigned long long)ds->dedup_chunks,
+		       (unsigned long long)ds->md.zero_chunks);
+	}
+	printf("drive %s: %s used, %s free; read %s in %.1f s (%s/s)\n",
+	       w->d->info.uuid,
+	       util_fmt_size(store_sb(w->d->store)->log_end - store_sb(w->d->store)->log_start,
+			     a, sizeof(a)),
+	       util_fmt_size(store_free(w->d->store), b, sizeof(b)),
+	       util_fmt_size(read, c, sizeof(c)), (double)elapsed_ns / 1e9,
+	       util_fmt_size(elapsed_ns ? (uint64_t)((double)read * 1e9 / (double)elapsed_ns) : 0,
+			     r, sizeof(r)));
+}
+
+/* Opens every source before the drive is touched, so bad input writes nothing. */
+static int open_sources(struct writer *w, struct err *e)
+{
+	size_t i, j;
+	int rc;
+
+	for (i = 0; i < w->ndisks; i++) {
+		struct disk_spec *ds = &w->disks[i];
+
+		for (j = 0; j < i; j++)
+			if (!strcmp(w->disks[j].name, ds->name))
+				return err_set(e, -EINVAL, "disk name %s given twice", ds->name);
+		rc = img_open(ds->source, IMG_RDONLY, &ds->img, e);
+		if (rc < 0)
+			return rc;
+		if (ds->img->size == 0)
+			return err_set(e, -EINVAL, "%s: source is empty", ds->source);
+		rc = img_allocated(ds->img, &ds->allocated, e);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* Matches each source with its disk on the drive, or adds it. */
+static int attach_disks(struct writer *w, struct err *e)
+{
+	size_t i;
+	int rc;
+
+	for (i = 0; i < w->ndisks; i++) {
+		struct disk_spec *ds = &w->disks[i];
+
+		rc = manifest_disk_get(w->d->man, ds->name, &ds->md, NULL);
+		if (rc == 0) {
+			if (ds->md.size != ds->img->size)
+				return err_set(e, -EINVAL,
+					       "disk %s on the drive is %llu bytes but %s is %llu",
+					       ds->name, (unsigned long long)ds->md.size,
+					       ds->source, (unsigned long long)ds->img->size);
+			if (w->chunk_size_given && ds->md.chunk_size != w->chunk_size)
+				return err_set(e, -EINVAL,
+					       "disk %s was started with chunk size %u, not %u",
+					       ds->name, ds->md.chunk_size, w->chunk_size);
+			if (!strcmp(ds->md.state, "complete")) {
+				ds->skip = 1;
+				continue;
+			}
+			if (!strcmp(ds->md.state, "partial"))
+				return err_set(e, -EROFS, "disk %s was sealed partial", ds->name);
+			snprintf(ds->md.source, sizeof(ds->md.source), "%s", ds->source);
+			continue;
+		}
+		memset(&ds->md, 0, sizeof(ds->md));
+		snprintf(ds->md.name, sizeof(ds->md.name), "%s", ds->name);
+		snprintf(ds->md.source, sizeof(ds->md.source), "%s", ds->source);
+		snprintf(ds->md.state, sizeof(ds->md.state), "seeding");
+		ds->md.size = ds->img->size;
+		ds->md.chunk_size = w->chunk_size;
+		ds->md.allocated = ds->allocated;
+		ds->md.started = util_wall_s();
+		ds->md.gen = w->d->gen;
+		rc = manifest_disk_add(w->d->man, &ds->md, e);
+		if (rc == 0)
+			rc = manifest_event_add(w->d->man, "disk-added", ds->name, w->d->gen, e);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+int seed_write_main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "key-file", required_argument, NULL, 'k' },
+		{ "state", required_argument, NULL, 's' },
+		{ "chunk-size", required_argument, NULL, 'c' },
+		{ "max-read-rate", required_argument, NULL, 'r' },
+		{ "level", required_argument, NULL, 'l' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *key_file = NULL, *state = NULL, *dev;
+	struct writer w = { .chunk_size = CHUNK_DEFAULT };
+	char mpath[4400];
+	struct err e = { 0 };
+	uint64_t v, rate = 0, need = 0, t0 = util_now_ns();
+	uint64_t level = 3;
+	int opt, rc = 0, status = EXIT_FAIL;
+	size_t i;
+	struct sigaction sa;
+
+	while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'k': key_file = optarg; break;
+		case 's': state = optarg; break;
+		case 'c':
+			if (util_parse_size(optarg, &v) < 0 || v < CHUNK_MIN || v > CHUNK_MAX ||
+			    (v & (v - 1))) {
+				cli_error(SEED_PROG, "--chunk-size %s: a power of two from 4K to 4M",
+					  optarg);
+				return EXIT_USAGE;
+			}
+			w.chunk_size = (uint32_t)v;
+			w.chunk_size_given = 1;
+			break;
+		case 'r':
+			if (util_parse_rate(optarg, &rate) < 0 || rate == 0) {
+				cli_error(SEED_PROG, "--max-read-rate %s: not a rate (e.g. 100M)", optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		case 'l':
+			if (util_parse_u64(optarg, 1, 19, &level) < 0) {
+				cli_error(SEED_PROG, "--level %s: a number from 1 to 19", optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		case 'j': w.json = 1; break;
+		case 'h': usage(stdout); return EXIT_OK;
+		default: usage(stderr); return EXIT_USAGE;
+		}
+	}
+	if (argc - optind < 2) {
+		cli_error(SEED_PROG, "write needs DEVICE and at least one NAME=SOURCE (try --help)");
+		return EXIT_USAGE;
+	}
+	dev = argv[optind++];
+	w.ndisks = (size_t)(argc - optind);
+	if (w.ndisks > MAX_DISKS) {
+		cli_error(SEED_PROG, "at most %d disks at a time", MAX_DISKS);
+		return EXIT_USAGE;
+	}
+	w.disks = calloc(w.ndisks, sizeof(*w.disks));
+	w.buf = malloc(CHUNK_MAX);
+	if (!w.disks || !w.buf) {
+		cli_error(SEED_PROG, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < w.ndisks; i++) {
+		char *arg = argv[optind + (int)i], *eq = strchr(arg, '=');
+
+		if (!eq || eq == arg || !eq[1]) {
+			cli_error(SEED_PROG, "%s: expected NAME=SOURCE", arg);
+			status = EXIT_USAGE;
+			goto out;
+		}
+		*eq = '\0';
+		w.disks[i].name = arg;
+		w.disks[i].source = eq + 1;
+		if (!name_valid(arg)) {
+			cli_error(SEED_PROG, "disk name \"%s\": use 1-64 letters, digits, . _ -", arg);
+			status = EXIT_USAGE;
+			goto out;
+		}
+	}
+	ratelimit_init(&w.rl, rate);
+	w.prog = progress_new("seed", w.json);
+
+	rc = open_sources(&w, &e);
+	if (rc == 0)
+		rc = seed_manifest_path(state, dev, mpath, sizeof(mpath), &e);
+	if (rc == 0)
+		rc = drive_open(dev, key_file, DRIVE_RDWR, mpath, &w.d, &e);
+	if (rc < 0)
+		goto fail;
+	if (store_sb(w.d->store)->state >= DRIVE_SEALED) {
+		rc = err_set(&e, -EROFS, "%s is sealed; the seeder does not write to a sealed drive",
+			     dev);
+		goto fail;
+	}
+	codec_free(w.d->codec);
+	w.d->codec = NULL;
+	rc = codec_new(w.d->keys, w.d->info.uuid_bin, (int)level, &w.d->codec, &e);
+	if (rc == 0)
+		rc = manifest_begin(w.d->man, &e);
+	if (rc == 0)
+		rc = attach_disks(&w, &e);
+	if (rc == 0)
+		rc = estimate_space(&w, &need, &e);
+	if (rc < 0)
+		goto fail;
+	if (need > store_free(w.d->store)) {
+		char a[32], b[32];
+
+		rc = err_set(&e, -ENOSPC, "%s too small: this seed needs about %s, %s free",
+			     dev, util_fmt_size(need, a, sizeof(a)),
+			     util_fmt_size(store_free(w.d->store), b, sizeof(b)));
+		goto fail;
+	}
+	if (w.d->rolled_records && !w.json)
+		fprintf(stderr, "resuming: %llu records found after the last checkpoint\n",
+			(unsigned long long)w.d->rolled_records);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	w.since_ns = util_now_ns();
+	for (i = 0; i < w.ndisks && rc == 0; i++)
+		if (!w.disks[i].skip)
+			rc = seed_disk(&w, &w.disks[i], &e);
+	if (rc == -ENOSPC || rc == -EINTR) {
+		/* Keep what is done: a checkpoint in the reserved space. */
+		struct err e2 = { 0 };
+
+		w.full = rc == -ENOSPC;
+		if (writer_checkpoint(&w, &e2) < 0)
+			err_set(&e, rc, "%s; the final checkpoint failed too: %s", e.msg, e2.msg);
+		else if (w.full)
+			err_set(&e, rc, "drive full: stopped cleanly with what was seeded so far "
+				"checkpointed; seal the drive to ship it, or use a bigger one");
+		else
+			err_set(&e, rc, "interrupted: progress checkpointed; run the same command "
+				"again to resume");
+		goto fail;
+	}
+	if (rc == 0)
+		rc = manifest_commit(w.d->man, &e);
+	if (rc < 0)
+		goto fail;
+	print_summary(&w, 1, NULL, util_now_ns() - t0);
+	status = EXIT_OK;
+	goto out;
+fail:
+	if (w.json)
+		print_summary(&w, 0, e.msg, util_now_ns() - t0);
+	cli_error(SEED_PROG, "%s", e.msg);
+	status = EXIT_FAIL;
+out:
+	for (i = 0; i < w.ndisks; i++)
+		img_close(w.disks[i].img);
+	drive_close(w.d);
+	progress_free(w.prog);
+	free(w.buf);
+	free(w.disks);
+	return status;
+}
