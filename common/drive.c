@@ -155,21 +155,17 @@ static int drive_rebuild(struct drive *d, int only_newest, struct err *e)
 			     (unsigned long long)want);
 		goto out;
 	}
-	rc = manifest_begin(d->man, e);
-	if (rc < 0)
-		goto out;
+	/* A rebuild cut short leaves no host.* bookkeeping, so the next open
+	 * starts it again from scratch. */
 	for (i = n; i-- > 0;) {
 		rc = ckpt_read(d, offs[i], rec, plain, &gen, &prev, &ck, &ck_len, e);
 		if (rc == 0)
 			rc = manifest_ckpt_import(d->man, ck, ck_len, e);
 		free(ck);
 		ck = NULL;
-		if (rc < 0) {
-			manifest_rollback(d->man);
+		if (rc < 0)
 			goto out;
-		}
 	}
-	rc = manifest_commit(d->man, e);
 	d->ckpt_count = n;
 out:
 	free(ck);

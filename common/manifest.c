@@ -413,6 +413,26 @@ int manifest_extent_put(struct manifest *m, int64_t disk, uint64_t idx,
 	return rc;
 }
 
+int manifest_event_add(struct manifest *m, const char *kind, const char *detail,
+		       uint64_t gen, struct err *e)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	rc = sql_prepare(m, "INSERT INTO events(seq, time, kind, detail, gen)"
+			 " VALUES((SELECT IFNULL(MAX(seq), 0) + 1 FROM events),"
+			 " strftime('%s','now'), ?, ?, ?)", &st, e);
+	if (rc < 0)
+		return rc;
+	sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, detail, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)gen);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		rc = sql_err(m, e, "event");
+	sqlite3_finalize(st);
+	return rc;
+}
+
 int manifest_truncate_gen(struct manifest *m, uint64_t gen, struct err *e)
 {
 	char sql[256];
@@ -492,7 +512,10 @@ int manifest_ckpt_import(struct manifest *m, const uint8_t *buf, size_t len,
 		rc = err_set(e, -EBADMSG, "manifest: checkpoint is not a database");
 		goto out;
 	}
-	rc = sql_exec(m,
+	/* ATTACH and DETACH cannot run inside a transaction: this one is ours. */
+	rc = sql_exec(m, "BEGIN", e);
+	if (rc == 0)
+		rc = sql_exec(m,
 		"INSERT OR REPLACE INTO main.meta(key, value, gen)"
 		"  SELECT key, value, gen FROM ck.meta WHERE key NOT LIKE 'host.%';"
 		"INSERT OR REPLACE INTO main.disks(" DISK_COLS ") SELECT " DISK_COLS
@@ -503,8 +526,12 @@ int manifest_ckpt_import(struct manifest *m, const uint8_t *buf, size_t len,
 		"  SELECT disk, idx, chunk, gen FROM ck.extents;"
 		"INSERT OR REPLACE INTO main.events(seq, time, kind, detail, gen)"
 		"  SELECT seq, time, kind, detail, gen FROM ck.events;", e);
-	if (rc < 0)
+	if (rc == 0) {
+		rc = manifest_commit(m, e);
+	} else {
+		manifest_rollback(m);
 		rc = err_set(e, -EBADMSG, "manifest: bad checkpoint: %s", e ? e->msg : "");
+	}
 out:
 	sqlite3_exec(m->db, "DETACH DATABASE ck", NULL, NULL, NULL);
 	return rc;

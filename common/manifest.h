@@ -89,13 +89,17 @@ int manifest_chunk_put(struct manifest *m, const struct manifest_chunk *c,
 int manifest_extent_put(struct manifest *m, int64_t disk, uint64_t idx,
 			const uint8_t id[REC_ID_LEN], uint64_t gen,
 			struct err *e);
+/* Appends an event (docs/FORMAT.md "Event log"). */
+int manifest_event_add(struct manifest *m, const char *kind, const char *detail,
+		       uint64_t gen, struct err *e);
 /* Removes rows of generations above gen (rows a checkpoint never covered). */
 int manifest_truncate_gen(struct manifest *m, uint64_t gen, struct err *e);
 
 /* Checkpoint delta: rows of generation gen as a serialized SQLite database. */
 int manifest_ckpt_export(struct manifest *m, uint64_t gen, uint8_t **buf,
 			 size_t *len, struct err *e);
-/* Merges an exported delta (untrusted bytes only after authentication). */
+/* Merges an exported delta (untrusted bytes only after authentication) in a
+ * transaction of its own: no transaction may be open. */
 int manifest_ckpt_import(struct manifest *m, const uint8_t *buf, size_t len,
 			 struct err *e);
 
