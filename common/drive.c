@@ -356,7 +356,7 @@ int drive_open(const char *dev, const char *key_file, int mode,
 	rc = keys_probe(dev, &info, e);
 	if (rc < 0)
 		return rc;
-	snprintf(prompt, sizeof(prompt), "Passphrase for %s: ", dev);
+	snprintf(prompt, sizeof(prompt), "Passphrase for %s", dev);
 	rc = keys_secret_read(key_file, prompt, 0, &s, e);
 	if (rc < 0)
 		return rc;

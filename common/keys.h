@@ -64,7 +64,7 @@ struct kdf_cost {
 /*
  * Reads the secret from key_file (whole file, at most KEYS_SECRET_MAX bytes,
  * exactly as cryptsetup --key-file would) or, when key_file is NULL, prompts
- * on the terminal without echo (twice when confirm). Fails with -EINVAL when
+ * on the terminal without echo (twice when confirm) with "prompt: ". Fails with -EINVAL when
  * there is no terminal to ask, or the two entries differ, or it is empty.
  */
 int keys_secret_read(const char *key_file, const char *prompt, int confirm,
@@ -75,7 +75,7 @@ void secret_free(struct secret *s);
 
 /*
  * Writes a new LUKS2 header on dev (file or block device, which must hold at
- * least min_size bytes): random volume key, keyslot 0 for pass, keyslot 1 for
+ * least STORE_MIN_DEVICE bytes, see store.h): random volume key, keyslot 0 for pass, keyslot 1 for
  * recovery when non-NULL, label, subsystem "ferry", data offset
  * KEYS_DATA_OFFSET. Does not check whether dev is in use: the caller does.
  * Fills info and, when keys_out is non-NULL, the derived keys.
