@@ -1,0 +1,414 @@
+/*
+ * ferry-ingest verify: checks an arrived drive and writes nothing anywhere
+ * (the drive is opened read-only, the manifest rebuilt in memory).
+ *
+ * Order of the checks, each proving something the next relies on:
+ *  1. opening the drive: the key opens a keyslot, the superblock MAC holds,
+ *     every checkpoint authenticates and chains back to generation 1;
+ *  2. with --receipt: the receipt is this drive's (UUID), unaltered (MAC),
+ *     and the drive is the one that was sealed (log end, record count, tail
+ *     digest, checkpoint generation, manifest digest, every disk's size,
+ *     chunk size, state and root); a mismatch ends verify here;
+ *  3. the log: every record from the first to the tail chains to the one
+ *     before, and the last one is the seal naming this manifest;
+ *  4. every chunk the manifest names is read where it says, and
+ *     authenticated (with --deep its id is recomputed from the plaintext);
+ *  5. per disk, the root recomputed from the extents equals the stored one.
+ * Damage from 3-5 is collected, not fatal: the report names every damaged
+ * byte range of every disk.
+ */
+#include <getopt.h>
+#include <sodium.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/cli.h"
+#include "../common/root.h"
+#include "../common/store.h"
+#include "../common/util.h"
+#include "ingest.h"
+
+#define VERIFY_CMD "verify"
+
+struct verify_opts {
+	const char *dev;
+	const char *key_file;
+	const char *receipt;
+	int deep;
+	int json;
+};
+
+struct verify_disk {
+	struct manifest_disk m;
+	int ok;
+	char why[160];
+	struct ingest_range *ranges;
+	size_t nranges;
+};
+
+struct verify_result {
+	struct drive *d;
+	uint64_t records;
+	int log_ok;
+	uint64_t chunks, bad_chunks, bad_extents;
+	struct verify_disk *disks;
+	size_t ndisks;
+	char reason[ERR_MSG_MAX];     /* first fatal error, or the problems */
+	char first_bad[ERR_MSG_MAX];  /* the first chunk failure */
+	char log_err[ERR_MSG_MAX];
+};
+
+static void verify_help(void)
+{
+	printf("usage: " INGEST_PROG " verify DEVICE [OPTIONS]\n\n"
+	       "Checks an arrived ferry drive without writing anything: the log "
+	       "chain, every\nchunk (read and authenticated), every disk's root "
+	       "hash and, with --receipt,\nthat the drive is exactly the one that "
+	       "was sealed. Reports per disk OK or the\ndamaged byte ranges "
+	       "(OFFSET+LENGTH). Exit 0 when everything checks, 1 otherwise.\n\n"
+	       "options:\n"
+	       "  --key-file F   the drive's passphrase or key file (default: "
+	       "prompt)\n"
+	       "  --receipt R    the receipt written at seal time; the drive must "
+	       "match it\n"
+	       "  --deep         also recompute every chunk's id from its "
+	       "plaintext\n"
+	       "  --json         JSON lines on stdout: progress, then one "
+	       "summary object\n"
+	       "  --help         this text\n");
+}
+
+static int verify_parse(int argc, char **argv, struct verify_opts *o)
+{
+	enum { OPT_KEY_FILE = 256, OPT_RECEIPT, OPT_DEEP, OPT_JSON, OPT_HELP };
+	static const struct option longopts[] = {
+		{ "key-file", required_argument, NULL, OPT_KEY_FILE },
+		{ "receipt", required_argument, NULL, OPT_RECEIPT },
+		{ "deep", no_argument, NULL, OPT_DEEP },
+		{ "json", no_argument, NULL, OPT_JSON },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	memset(o, 0, sizeof(*o));
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+		switch (c) {
+		case OPT_KEY_FILE:
+			o->key_file = optarg;
+			break;
+		case OPT_RECEIPT:
+			o->receipt = optarg;
+			break;
+		case OPT_DEEP:
+			o->deep = 1;
+			break;
+		case OPT_JSON:
+			o->json = 1;
+			break;
+		case OPT_HELP:
+			verify_help();
+			return 1;
+		default:
+			return -ingest_getopt_error(VERIFY_CMD, c, argv);
+		}
+	}
+	if (optind >= argc)
+		return -ingest_usage_error(VERIFY_CMD, "DEVICE is missing");
+	if (optind + 1 < argc)
+		return -ingest_usage_error(VERIFY_CMD, "unexpected argument '%s'",
+					   argv[optind + 1]);
+	o->dev = argv[optind];
+	return 0;
+}
+
+/* Step 4: every chunk of the manifest, in log order (sequential reads). */
+static int verify_chunks(struct verify_result *v, struct ingest_bufs *b,
+			 const struct verify_opts *o, struct err *e)
+{
+	sqlite3 *db = manifest_db(v->d->man);
+	sqlite3_stmt *st = NULL;
+	struct progress *p = NULL;
+	uint64_t total = 0, done = 0;
+	int rc;
+
+	if (sqlite3_prepare_v2(db, "SELECT total(rec_len) FROM main.chunks", -1, &st,
+			       NULL) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+		rc = err_set(e, -EIO, "manifest: %s", sqlite3_errmsg(db));
+		goto out;
+	}
+	total = (uint64_t)sqlite3_column_double(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (sqlite3_prepare_v2(db, "SELECT id, off, seq, rec_len, plain_len"
+			       " FROM main.chunks ORDER BY off", -1, &st, NULL) != SQLITE_OK) {
+		rc = err_set(e, -EIO, "manifest: %s", sqlite3_errmsg(db));
+		goto out;
+	}
+	p = progress_new("verify", o->json);
+	progress_item(p, "chunks", total, 0);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct manifest_chunk c;
+		struct err e1;
+
+		memset(&c, 0, sizeof(c));
+		if (sqlite3_column_bytes(st, 0) == REC_ID_LEN)
+			memcpy(c.id, sqlite3_column_blob(st, 0), REC_ID_LEN);
+		c.off = (uint64_t)sqlite3_column_int64(st, 1);
+		c.seq = (uint64_t)sqlite3_column_int64(st, 2);
+		c.rec_len = (uint32_t)sqlite3_column_int64(st, 3);
+		c.plain_len = (uint32_t)sqlite3_column_int64(st, 4);
+		err_clear(&e1);
+		v->chunks++;
+		if (sqlite3_column_bytes(st, 0) != REC_ID_LEN) {
+			err_set(&e1, -EBADMSG, "manifest chunk at %llu has a malformed id",
+				(unsigned long long)c.off);
+		} else if (ingest_chunk_load(v->d, &c, b, o->deep, &e1) >= 0) {
+			done += c.rec_len;
+			progress_update(p, done);
+			continue;
+		}
+		v->bad_chunks++;
+		if (!v->first_bad[0])
+			snprintf(v->first_bad, sizeof(v->first_bad), "%s", e1.msg);
+		rc = ingest_damage_add_chunk(v->d, c.id, e);
+		if (rc < 0)
+			goto out;
+		done += c.rec_len;
+		progress_update(p, done);
+	}
+	if (rc != SQLITE_DONE) {
+		rc = err_set(e, -EIO, "manifest: %s", sqlite3_errmsg(db));
+		goto out;
+	}
+	progress_item_end(p);
+	rc = ingest_damage_scan_extents(v->d, &v->bad_extents, e);
+out:
+	progress_free(p);
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* Step 5 and the damaged ranges, per disk. */
+static int verify_disks(struct verify_result *v, struct err *e)
+{
+	struct manifest_disk *m = NULL;
+	size_t n = 0, i;
+	uint8_t root[32];
+	int rc;
+
+	rc = manifest_disks(v->d->man, &m, &n, e);
+	if (rc < 0)
+		return rc;
+	v->disks = calloc(n ? n : 1, sizeof(*v->disks));
+	if (!v->disks) {
+		free(m);
+		return err_set(e, -ENOMEM, "out of memory");
+	}
+	v->ndisks = n;
+	for (i = 0; i < n; i++) {
+		struct verify_disk *vd = &v->disks[i];
+		struct err e1;
+
+		vd->m = m[i];
+		vd->ok = 1;
+		rc = ingest_damage_ranges(v->d, &vd->m, &vd->ranges, &vd->nranges, e);
+		if (rc < 0)
+			goto out;
+		if (vd->nranges) {
+			vd->ok = 0;
+			snprintf(vd->why, sizeof(vd->why), "damaged");
+		}
+		if (manifest_root(v->d->man, v->d->keys, &vd->m, root, &e1) < 0) {
+			vd->ok = 0;
+			snprintf(vd->why, sizeof(vd->why), "%s", e1.msg);
+		} else if (vd->m.has_root && sodium_memcmp(root, vd->m.root, 32) != 0) {
+			vd->ok = 0;
+			snprintf(vd->why, sizeof(vd->why),
+				 "its extents do not add up to its root hash");
+		} else if (!vd->m.has_root && strcmp(vd->m.state, "complete") == 0) {
+			vd->ok = 0;
+			snprintf(vd->why, sizeof(vd->why), "complete but without a root hash");
+		}
+	}
+	rc = 0;
+out:
+	free(m);
+	return rc;
+}
+
+static void verify_reason_add(struct verify_result *v, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void verify_reason_add(struct verify_result *v, const char *fmt, ...)
+{
+	size_t used = strlen(v->reason);
+	va_list ap;
+
+	if (used + 3 >= sizeof(v->reason))
+		return;
+	if (used) {
+		memcpy(v->reason + used, "; ", 3);
+		used += 2;
+	}
+	va_start(ap, fmt);
+	vsnprintf(v->reason + used, sizeof(v->reason) - used, fmt, ap);
+	va_end(ap);
+}
+
+/* Fills v->reason from the findings; returns 1 when everything checked. */
+static int verify_conclude(struct verify_result *v)
+{
+	size_t i, bad = 0;
+	char names[256] = "";
+
+	if (!v->log_ok)
+		verify_reason_add(v, "%s", v->log_err);
+	if (v->bad_chunks)
+		verify_reason_add(v, "%llu of %llu chunks fail their check (first: %s)",
+				  (unsigned long long)v->bad_chunks,
+				  (unsigned long long)v->chunks, v->first_bad);
+	if (v->bad_extents)
+		verify_reason_add(v, "%llu extents name chunks the manifest cannot supply",
+				  (unsigned long long)v->bad_extents);
+	for (i = 0; i < v->ndisks; i++) {
+		size_t used = strlen(names);
+
+		if (v->disks[i].ok)
+			continue;
+		bad++;
+		snprintf(names + used, sizeof(names) - used, "%s%s (%s)", bad > 1 ? ", " : "",
+			 v->disks[i].m.name, v->disks[i].why);
+	}
+	if (bad)
+		verify_reason_add(v, "disk%s not intact: %s", bad > 1 ? "s" : "", names);
+	return v->reason[0] == '\0';
+}
+
+static void verify_print(const struct verify_result *v, const struct verify_opts *o)
+{
+	const struct sb *sb = store_sb(v->d->store);
+	char size[32], root[65], ranges[2048];
+	size_t i;
+
+	printf("drive %s (label \"%s\"): %s, %llu records\n", v->d->info.uuid,
+	       v->d->info.label, store_state_name(sb->state),
+	       (unsigned long long)(sb->next_rec - 1));
+	if (o->receipt)
+		printf("receipt: matches the drive (%s)\n", o->receipt);
+	printf("log: %s\n", v->log_ok ? "chain intact" : v->log_err);
+	printf("chunks: %llu checked (%s), %llu damaged\n",
+	       (unsigned long long)v->chunks,
+	       o->deep ? "authenticated, ids recomputed" : "authenticated",
+	       (unsigned long long)v->bad_chunks);
+	for (i = 0; i < v->ndisks; i++) {
+		const struct verify_disk *vd = &v->disks[i];
+
+		util_fmt_size(vd->m.size, size, sizeof(size));
+		if (vd->ok) {
+			if (vd->m.has_root)
+				util_hex(vd->m.root, 32, root);
+			printf("disk %s: OK, %s, %s, root %s\n", vd->m.name, vd->m.state,
+			       size, vd->m.has_root ? root : "(none yet)");
+			continue;
+		}
+		ingest_ranges_text(vd->ranges, vd->nranges, ranges, sizeof(ranges));
+		printf("disk %s: %s, %s, %s: %s\n", vd->m.name,
+		       vd->nranges ? "DAMAGED" : "BAD", vd->m.state, size,
+		       vd->nranges ? ranges : vd->why);
+	}
+}
+
+static void verify_json(const struct verify_result *v, int ok)
+{
+	const struct sb *sb = v->d ? store_sb(v->d->store) : NULL;
+	json_t *o = json_object(), *arr = json_array();
+	size_t i;
+
+	json_object_set_new(o, "event", json_string("summary"));
+	json_object_set_new(o, "op", json_string("verify"));
+	json_object_set_new(o, "ok", json_boolean(ok));
+	json_object_set_new(o, "drive_uuid", v->d ? json_string(v->d->info.uuid) : json_null());
+	json_object_set_new(o, "state", sb ? json_string(store_state_name(sb->state)) : json_null());
+	json_object_set_new(o, "records", sb ? ingest_json_u64(sb->next_rec - 1) : json_null());
+	json_object_set_new(o, "log_ok", json_boolean(v->log_ok));
+	json_object_set_new(o, "chunks", ingest_json_u64(v->chunks));
+	json_object_set_new(o, "damaged_chunks", ingest_json_u64(v->bad_chunks));
+	for (i = 0; i < v->ndisks; i++) {
+		const struct verify_disk *vd = &v->disks[i];
+		json_t *jd = json_object();
+
+		json_object_set_new(jd, "name", json_string(vd->m.name));
+		json_object_set_new(jd, "state", json_string(vd->m.state));
+		json_object_set_new(jd, "size", ingest_json_u64(vd->m.size));
+		json_object_set_new(jd, "ok", json_boolean(vd->ok));
+		json_object_set_new(jd, "damaged", ingest_ranges_json(vd->ranges, vd->nranges));
+		if (!vd->ok)
+			json_object_set_new(jd, "error", json_string(vd->why));
+		json_array_append_new(arr, jd);
+	}
+	json_object_set_new(o, "disks", arr);
+	if (!ok)
+		json_object_set_new(o, "error", json_string(v->reason));
+	cli_json_emit(o);
+}
+
+int ingest_verify(int argc, char **argv)
+{
+	struct verify_opts o;
+	struct verify_result v;
+	struct ingest_bufs b = { 0 };
+	struct receipt r = { 0 };
+	struct err e;
+	int rc, ok = 0;
+	size_t i;
+
+	rc = verify_parse(argc, argv, &o);
+	if (rc != 0)
+		return rc > 0 ? INGEST_EXIT_OK : -rc;
+	memset(&v, 0, sizeof(v));
+	err_clear(&e);
+	rc = drive_open(o.dev, o.key_file, DRIVE_RDONLY, NULL, &v.d, &e);
+	if (rc == 0 && o.receipt)
+		rc = ingest_receipt_load(v.d, o.receipt, &r, &e);
+	if (rc == 0)
+		rc = ingest_bufs_alloc(&b, &e);
+	if (rc == 0)
+		rc = ingest_damage_init(v.d, &e);
+	if (rc < 0) {
+		snprintf(v.reason, sizeof(v.reason), "%s", e.msg);
+		goto report;
+	}
+	if (!o.receipt)
+		fprintf(stderr, "note: no --receipt given: only the drive's "
+			"self-consistency is checked, not that it is the drive that was sealed\n");
+	rc = ingest_log_check(v.d, &b, &v.records, &e);
+	v.log_ok = rc == 0;
+	if (rc < 0)
+		snprintf(v.log_err, sizeof(v.log_err), "%s", e.msg);
+	rc = verify_chunks(&v, &b, &o, &e);
+	if (rc == 0)
+		rc = verify_disks(&v, &e);
+	if (rc < 0) {
+		snprintf(v.reason, sizeof(v.reason), "%s", e.msg);
+		goto report;
+	}
+	ok = verify_conclude(&v);
+	if (!o.json)
+		verify_print(&v, &o);
+report:
+	if (o.json)
+		verify_json(&v, ok);
+	if (!ok)
+		cli_error(INGEST_PROG, "%s", v.reason[0] ? v.reason : "verify failed");
+	for (i = 0; i < v.ndisks; i++)
+		free(v.disks[i].ranges);
+	free(v.disks);
+	receipt_free(&r);
+	ingest_bufs_free(&b);
+	drive_close(v.d);
+	return ok ? INGEST_EXIT_OK : INGEST_EXIT_FAIL;
+}
