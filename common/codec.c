@@ -153,42 +153,62 @@ static void codec_ad(const struct codec *c, const uint8_t hdr[REC_HDR_LEN],
 	memcpy(ad + 16, hdr, 96);
 }
 
-ssize_t codec_seal(struct codec *c, struct rec_hdr *h, const uint8_t *plain,
-		   size_t plen, uint8_t *out, size_t cap, struct err *e)
+ssize_t codec_compress(struct codec *c, const uint8_t *plain, size_t plen,
+		       uint8_t *body, size_t cap, uint8_t *flags)
+{
+	*flags &= (uint8_t)~REC_F_ZSTD;
+	if (c->level > 0 && plen >= 64) {
+		size_t z = ZSTD_compress2(c->cctx, body, cap, plain, plen);
+
+		/* Keep compression only when it saves at least 1/32. */
+		if (!ZSTD_isError(z) && z < plen - plen / 32) {
+			*flags |= REC_F_ZSTD;
+			return (ssize_t)z;
+		}
+	}
+	if (cap < plen)
+		return -ENOBUFS;
+	memcpy(body, plain, plen);
+	return (ssize_t)plen;
+}
+
+ssize_t codec_seal_body(struct codec *c, struct rec_hdr *h, uint8_t *out,
+			size_t blen, size_t plen, struct err *e)
 {
 	const unsigned char *key = codec_key(c, h);
 	uint8_t ad[REC_AD_LEN];
-	uint8_t *body = out + REC_HDR_LEN;
 	unsigned long long clen = 0;
-	size_t mlen = plen;
-	const uint8_t *msg = plain;
 
 	if (!key)
 		return err_set(e, -ENOKEY, "codec: no key for key id %u", h->key_id);
-	if (plen > REC_MAX_PLAIN)
+	if (plen > REC_MAX_PLAIN || blen > REC_MAX_PAYLOAD - REC_TAG_LEN)
 		return err_set(e, -EMSGSIZE, "codec: record of %zu bytes too large", plen);
-	if (cap < codec_bound(plen))
-		return err_set(e, -ENOBUFS, "codec: output buffer too small");
-	h->flags &= (uint8_t)~REC_F_ZSTD;
-	if (c->level > 0 && plen >= 64) {
-		size_t z = ZSTD_compress2(c->cctx, body, cap - REC_HDR_LEN - REC_TAG_LEN,
-					  plain, plen);
-		/* Keep compression only when it saves at least 1/32. */
-		if (!ZSTD_isError(z) && z < plen - plen / 32) {
-			h->flags |= REC_F_ZSTD;
-			msg = body;
-			mlen = z;
-		}
-	}
 	h->plain_len = (uint32_t)plen;
-	h->payload_len = (uint32_t)(mlen + REC_TAG_LEN);
+	h->payload_len = (uint32_t)(blen + REC_TAG_LEN);
 	randombytes_buf(h->nonce, sizeof(h->nonce));
 	rec_hdr_pack(h, out);
 	codec_ad(c, out, ad);
 	/* libsodium allows the message and ciphertext to be the same buffer. */
-	crypto_aead_xchacha20poly1305_ietf_encrypt(body, &clen, msg, mlen, ad,
+	crypto_aead_xchacha20poly1305_ietf_encrypt(out + REC_HDR_LEN, &clen,
+						   out + REC_HDR_LEN, blen, ad,
 						   sizeof(ad), NULL, h->nonce, key);
 	return (ssize_t)(REC_HDR_LEN + clen);
+}
+
+ssize_t codec_seal(struct codec *c, struct rec_hdr *h, const uint8_t *plain,
+		   size_t plen, uint8_t *out, size_t cap, struct err *e)
+{
+	ssize_t blen;
+
+	if (plen > REC_MAX_PLAIN)
+		return err_set(e, -EMSGSIZE, "codec: record of %zu bytes too large", plen);
+	if (cap < codec_bound(plen))
+		return err_set(e, -ENOBUFS, "codec: output buffer too small");
+	blen = codec_compress(c, plain, plen, out + REC_HDR_LEN,
+			      cap - REC_HDR_LEN - REC_TAG_LEN, &h->flags);
+	if (blen < 0)
+		return err_set(e, (int)blen, "codec: output buffer too small");
+	return codec_seal_body(c, h, out, (size_t)blen, plen, e);
 }
 
 ssize_t codec_open(struct codec *c, const struct rec_hdr *h,

@@ -94,6 +94,20 @@ ssize_t codec_seal(struct codec *c, struct rec_hdr *h, const uint8_t *plain,
 		   size_t plen, uint8_t *out, size_t cap, struct err *e);
 
 /*
+ * The two halves of codec_seal, so compression can run on other threads
+ * while encryption stays in log order (each header carries the digest of
+ * the record before it). codec_compress writes the body to be encrypted
+ * into body (cap >= codec_bound(plen)) and sets REC_F_ZSTD in *flags when
+ * compression pays; returns the body length. codec_seal_body takes a record
+ * buffer whose body is already at out + REC_HDR_LEN and encrypts it in
+ * place; h as for codec_seal.
+ */
+ssize_t codec_compress(struct codec *c, const uint8_t *plain, size_t plen,
+		       uint8_t *body, size_t cap, uint8_t *flags);
+ssize_t codec_seal_body(struct codec *c, struct rec_hdr *h, uint8_t *out,
+			size_t blen, size_t plen, struct err *e);
+
+/*
  * Authenticates the payload of a parsed header, then decrypts and
  * decompresses it into plain (capacity >= h->plain_len). Returns plain_len,
  * or -EBADMSG when authentication fails or the plaintext does not match

@@ -397,31 +397,27 @@ static int store_drain(struct store *s, struct err *e)
 	return 0;
 }
 
-int store_append(struct store *s, struct codec *c, struct rec_hdr *h,
-		 const uint8_t *plain, size_t plen, int ignore_limit,
-		 uint64_t *off, uint32_t *len, struct err *e)
+/* Reserves room for a record of at most bound bytes in the write buffer. */
+static int store_room(struct store *s, size_t bound, struct err *e)
 {
-	uint64_t limit, end;
-	ssize_t n;
-	int rc;
-
 	if (s->mode != STORE_RDWR)
 		return err_set(e, -EBADF, "store: opened read-only");
 	if (s->sb.state == DRIVE_SEALED || s->sb.state == DRIVE_INGESTED)
 		return err_set(e, -EROFS, "drive is sealed");
-	if (s->wlen + codec_bound(plen) > STORE_WBUF + codec_bound(REC_MAX_PLAIN) ||
-	    s->wlen >= STORE_WBUF) {
-		rc = store_drain(s, e);
-		if (rc < 0)
-			return rc;
-	}
-	h->seq = s->next_seq;
-	memcpy(h->prev, s->prev, REC_DIGEST_LEN);
-	n = codec_seal(c, h, plain, plen, s->wbuf + s->wlen,
-		       codec_bound(plen), e);
+	if (s->wlen + bound > STORE_WBUF + codec_bound(REC_MAX_PLAIN) ||
+	    s->wlen >= STORE_WBUF)
+		return store_drain(s, e);
+	return 0;
+}
+
+/* Accounts a record of n bytes encoded at the end of the write buffer. */
+static int store_took(struct store *s, ssize_t n, int ignore_limit,
+		      uint64_t *off, uint32_t *len, struct err *e)
+{
+	uint64_t limit = ignore_limit ? s->sb.device_size : s->sb.log_limit, end;
+
 	if (n < 0)
 		return (int)n;
-	limit = ignore_limit ? s->sb.device_size : s->sb.log_limit;
 	if (ck_add(s->tail, (uint64_t)n, &end) || end > limit)
 		return err_set(e, -ENOSPC, "drive full: %llu bytes free",
 			       (unsigned long long)(limit > s->tail ? limit - s->tail : 0));
@@ -432,6 +428,37 @@ int store_append(struct store *s, struct codec *c, struct rec_hdr *h,
 	s->tail = end;
 	s->next_seq++;
 	return 0;
+}
+
+int store_append(struct store *s, struct codec *c, struct rec_hdr *h,
+		 const uint8_t *plain, size_t plen, int ignore_limit,
+		 uint64_t *off, uint32_t *len, struct err *e)
+{
+	int rc = store_room(s, codec_bound(plen), e);
+
+	if (rc < 0)
+		return rc;
+	h->seq = s->next_seq;
+	memcpy(h->prev, s->prev, REC_DIGEST_LEN);
+	return store_took(s, codec_seal(c, h, plain, plen, s->wbuf + s->wlen,
+					codec_bound(plen), e),
+			  ignore_limit, off, len, e);
+}
+
+int store_append_body(struct store *s, struct codec *c, struct rec_hdr *h,
+		      const uint8_t *body, size_t blen, size_t plen,
+		      int ignore_limit, uint64_t *off, uint32_t *len,
+		      struct err *e)
+{
+	int rc = store_room(s, REC_HDR_LEN + blen + REC_TAG_LEN, e);
+
+	if (rc < 0)
+		return rc;
+	h->seq = s->next_seq;
+	memcpy(h->prev, s->prev, REC_DIGEST_LEN);
+	memcpy(s->wbuf + s->wlen + REC_HDR_LEN, body, blen);
+	return store_took(s, codec_seal_body(c, h, s->wbuf + s->wlen, blen, plen, e),
+			  ignore_limit, off, len, e);
 }
 
 int store_flush(struct store *s, struct err *e)

@@ -100,6 +100,11 @@ uint64_t store_free_total(const struct store *s);
 int store_append(struct store *s, struct codec *c, struct rec_hdr *h,
 		 const uint8_t *plain, size_t plen, int ignore_limit,
 		 uint64_t *off, uint32_t *len, struct err *e);
+/* Same with a body prepared by codec_compress (flags carries REC_F_ZSTD). */
+int store_append_body(struct store *s, struct codec *c, struct rec_hdr *h,
+		      const uint8_t *body, size_t blen, size_t plen,
+		      int ignore_limit, uint64_t *off, uint32_t *len,
+		      struct err *e);
 /* Writes buffered records and fdatasyncs them. */
 int store_flush(struct store *s, struct err *e);
 /*

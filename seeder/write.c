@@ -28,6 +28,7 @@
 
 #include "../common/cli.h"
 #include "../common/drive.h"
+#include "../common/pool.h"
 #include "../common/root.h"
 #include "../common/util.h"
 #include "../image/img.h"
@@ -41,6 +42,8 @@
 #define CKPT_SECONDS 15u
 #define SAMPLES 64u
 #define MAX_DISKS 1024
+#define BATCH_BYTES (4u << 20)
+#define MAX_SLOTS 64
 
 struct disk_spec {
 	char *name;
@@ -58,8 +61,28 @@ struct extent_vec {
 	size_t n, cap;
 };
 
+enum slot_kind { SLOT_ZERO, SLOT_NEW, SLOT_DUP };
+
+/* One chunk of a batch: read on the main thread, hashed and compressed on
+ * any, appended in order on the main thread. */
+struct slot {
+	uint64_t idx;
+	uint32_t len;
+	enum slot_kind kind;
+	uint8_t id[REC_ID_LEN];
+	uint8_t flags;
+	ssize_t blen;
+	uint8_t *plain;           /* CHUNK_MAX bytes */
+	uint8_t *body;            /* body_cap bytes */
+};
+
 struct writer {
 	struct drive *d;
+	struct pool *pool;
+	struct codec **codecs;    /* one per pool thread */
+	struct slot *slots;
+	size_t nslots, batch, slots_alloc;
+	size_t body_cap;
 	struct disk_spec *disks;
 	size_t ndisks;
 	uint32_t chunk_size;
@@ -101,6 +124,7 @@ static void usage(FILE *f)
 		"                        to 4M (default 64K)\n"
 		"  --max-read-rate R     cap reads from the sources at R bytes/s (e.g. 100M)\n"
 		"  --level N             zstd level 1-19 (default 3)\n"
+		"  --threads N           hashing and compression threads (default: one per CPU)\n"
 		"  --json                JSON lines on stdout: progress and a final summary\n"
 		"  -h, --help            this help\n");
 }
@@ -164,13 +188,13 @@ static int data_extents(struct img *im, uint64_t from, struct extent_vec *ev,
  */
 static int read_chunk(struct writer *w, struct disk_spec *ds,
 		      const struct extent_vec *ev, size_t *x, uint64_t off,
-		      uint32_t len, struct err *e)
+		      uint32_t len, uint8_t *buf, struct err *e)
 {
 	uint64_t end = off + len;
 	size_t i;
 	int rc;
 
-	memset(w->buf, 0, len);
+	memset(buf, 0, len);
 	while (*x < ev->n && ev->v[*x].off + ev->v[*x].len <= off)
 		(*x)++;
 	for (i = *x; i < ev->n && ev->v[i].off < end; i++) {
@@ -178,7 +202,7 @@ static int read_chunk(struct writer *w, struct disk_spec *ds,
 		uint64_t b = ev->v[i].off + ev->v[i].len < end ? ev->v[i].off + ev->v[i].len : end;
 
 		ratelimit_take(&w->rl, b - a);
-		rc = img_read_at(ds->img, w->buf + (a - off), (size_t)(b - a), a, e);
+		rc = img_read_at(ds->img, buf + (a - off), (size_t)(b - a), a, e);
 		if (rc < 0)
 			return err_prefix(e, "%s", ds->source);
 		ds->read_bytes += b - a;
@@ -211,56 +235,138 @@ static int writer_checkpoint(struct writer *w, struct err *e)
 	return manifest_begin(w->d->man, e);
 }
 
-static int seed_chunk(struct writer *w, struct disk_spec *ds, uint64_t idx,
-		      uint32_t len, struct err *e)
+/* Hashing: zero check and keyed id, on any thread. */
+static void batch_hash(void *opaque, size_t i, unsigned thread)
+{
+	struct writer *w = opaque;
+	struct slot *sl = &w->slots[i];
+
+	(void)thread;
+	sl->kind = codec_is_zero(sl->plain, sl->len) ? SLOT_ZERO : SLOT_NEW;
+	if (sl->kind == SLOT_NEW)
+		codec_chunk_id(w->d->keys, sl->plain, sl->len, sl->id);
+}
+
+/* Compression of new chunks, with the thread's own codec. */
+static void batch_compress(void *opaque, size_t i, unsigned thread)
+{
+	struct writer *w = opaque;
+	struct slot *sl = &w->slots[i];
+
+	if (sl->kind != SLOT_NEW)
+		return;
+	sl->flags = 0;
+	sl->blen = codec_compress(w->codecs[thread], sl->plain, sl->len, sl->body,
+				  w->body_cap, &sl->flags);
+}
+
+/* Decides which slots are new: not on the drive, not earlier in the batch. */
+static int batch_dedup(struct writer *w, struct err *e)
+{
+	struct manifest_chunk c;
+	size_t i, j;
+	int rc;
+
+	for (i = 0; i < w->nslots; i++) {
+		struct slot *sl = &w->slots[i];
+
+		if (sl->kind != SLOT_NEW)
+			continue;
+		rc = manifest_chunk_find(w->d->man, sl->id, &c, e);
+		if (rc < 0)
+			return rc;
+		if (rc == 1) {
+			sl->kind = SLOT_DUP;
+			continue;
+		}
+		for (j = 0; j < i; j++) {
+			if (w->slots[j].kind == SLOT_NEW &&
+			    !memcmp(w->slots[j].id, sl->id, REC_ID_LEN)) {
+				sl->kind = SLOT_DUP;
+				break;
+			}
+		}
+	}
+	return 0;
+}
+
+/* Appends the batch in chunk order and records it in the manifest. */
+static int batch_commit(struct writer *w, struct disk_spec *ds, struct err *e)
 {
 	struct manifest_chunk c;
 	struct rec_hdr h;
-	uint8_t id[REC_ID_LEN];
 	uint32_t rlen;
 	uint64_t off;
+	size_t i;
 	int rc;
 
-	if (codec_is_zero(w->buf, len)) {
-		ds->zero_chunks++;
-		ds->md.zero_chunks++;
-		return 0;
+	for (i = 0; i < w->nslots; i++) {
+		struct slot *sl = &w->slots[i];
+
+		if (sl->kind == SLOT_ZERO) {
+			ds->zero_chunks++;
+			ds->md.zero_chunks++;
+		} else if (sl->kind == SLOT_NEW) {
+			if (sl->blen < 0)
+				return err_set(e, (int)sl->blen, "compression failed");
+			memset(&h, 0, sizeof(h));
+			h.type = REC_CHUNK;
+			h.flags = sl->flags;
+			memcpy(h.id, sl->id, REC_ID_LEN);
+			rc = store_append_body(w->d->store, w->d->codec, &h, sl->body,
+					       (size_t)sl->blen, sl->len, 0, &off, &rlen, e);
+			if (rc < 0)
+				return rc;
+			memcpy(c.id, sl->id, REC_ID_LEN);
+			c.off = off;
+			c.seq = h.seq;
+			c.rec_len = rlen;
+			c.plain_len = sl->len;
+			c.gen = w->d->gen;
+			rc = manifest_chunk_put(w->d->man, &c, e);
+			if (rc < 0)
+				return rc;
+			ds->new_chunks++;
+			ds->new_bytes += rlen;
+			w->since_bytes += rlen;
+			w->total_appended += rlen;
+			w->since_rows++;
+		} else {
+			ds->dedup_chunks++;
+		}
+		if (sl->kind != SLOT_ZERO) {
+			rc = manifest_extent_put(w->d->man, ds->md.id, sl->idx, sl->id,
+						 w->d->gen, e);
+			if (rc < 0)
+				return rc;
+			ds->md.data_chunks++;
+			w->since_rows++;
+		}
+		ds->md.done_off = sl->idx * ds->md.chunk_size + sl->len;
 	}
-	codec_chunk_id(w->d->keys, w->buf, len, id);
-	rc = manifest_chunk_find(w->d->man, id, &c, e);
-	if (rc < 0)
-		return rc;
-	if (rc == 0) {
-		memset(&h, 0, sizeof(h));
-		h.type = REC_CHUNK;
-		memcpy(h.id, id, REC_ID_LEN);
-		rc = store_append(w->d->store, w->d->codec, &h, w->buf, len, 0, &off,
-				  &rlen, e);
-		if (rc < 0)
-			return rc;
-		memcpy(c.id, id, REC_ID_LEN);
-		c.off = off;
-		c.seq = h.seq;
-		c.rec_len = rlen;
-		c.plain_len = len;
-		c.gen = w->d->gen;
-		rc = manifest_chunk_put(w->d->man, &c, e);
-		if (rc < 0)
-			return rc;
-		ds->new_chunks++;
-		ds->new_bytes += rlen;
-		w->since_bytes += rlen;
-		w->total_appended += rlen;
-		w->since_rows++;
-	} else {
-		ds->dedup_chunks++;
-	}
-	rc = manifest_extent_put(w->d->man, ds->md.id, idx, id, w->d->gen, e);
-	if (rc < 0)
-		return rc;
-	ds->md.data_chunks++;
-	w->since_rows++;
 	return 0;
+}
+
+static int batch_run(struct writer *w, struct disk_spec *ds, struct err *e)
+{
+	int rc;
+
+	if (!w->nslots)
+		return 0;
+	pool_run(w->pool, w->nslots, batch_hash, w);
+	rc = batch_dedup(w, e);
+	if (rc < 0)
+		return rc;
+	pool_run(w->pool, w->nslots, batch_compress, w);
+	rc = batch_commit(w, ds, e);
+	w->nslots = 0;
+	if (rc < 0)
+		return rc;
+	progress_update(w->prog, ds->md.done_off);
+	if (w->since_bytes >= CKPT_BYTES || w->since_rows >= CKPT_ROWS ||
+	    util_now_ns() - w->since_ns >= CKPT_SECONDS * 1000000000ull)
+		rc = writer_checkpoint(w, e);
+	return rc;
 }
 
 static int seed_disk(struct writer *w, struct disk_spec *ds, struct err *e)
@@ -274,6 +380,12 @@ static int seed_disk(struct writer *w, struct disk_spec *ds, struct err *e)
 	rc = data_extents(ds->img, ds->md.done_off, &ev, e);
 	if (rc < 0)
 		goto out;
+	w->batch = (size_t)(BATCH_BYTES / cs);
+	if (w->batch < 2)
+		w->batch = 2;
+	if (w->batch > w->slots_alloc)
+		w->batch = w->slots_alloc;
+	w->nslots = 0;
 	progress_item(w->prog, ds->name, size, ds->md.done_off);
 	for (i = 0; i < ev.n; i++) {
 		uint64_t first = ev.v[i].off / cs;
@@ -282,6 +394,7 @@ static int seed_disk(struct writer *w, struct disk_spec *ds, struct err *e)
 		for (idx = first; idx <= last; idx++) {
 			uint64_t off = idx * cs;
 			uint32_t len = (uint32_t)(size - off < cs ? size - off : cs);
+			struct slot *sl;
 
 			if (idx == last_idx || off < ds->md.done_off)
 				continue;   /* chunk shared with the previous extent */
@@ -289,22 +402,23 @@ static int seed_disk(struct writer *w, struct disk_spec *ds, struct err *e)
 				rc = err_set(e, -EINTR, "interrupted");
 				goto out;
 			}
-			rc = read_chunk(w, ds, &ev, &x, off, len, e);
-			if (rc == 0)
-				rc = seed_chunk(w, ds, idx, len, e);
+			sl = &w->slots[w->nslots];
+			sl->idx = idx;
+			sl->len = len;
+			rc = read_chunk(w, ds, &ev, &x, off, len, sl->plain, e);
 			if (rc < 0)
 				goto out;
 			last_idx = idx;
-			ds->md.done_off = off + len;
-			progress_update(w->prog, ds->md.done_off);
-			if (w->since_bytes >= CKPT_BYTES || w->since_rows >= CKPT_ROWS ||
-			    util_now_ns() - w->since_ns >= CKPT_SECONDS * 1000000000ull) {
-				rc = writer_checkpoint(w, e);
+			if (++w->nslots == w->batch) {
+				rc = batch_run(w, ds, e);
 				if (rc < 0)
 					goto out;
 			}
 		}
 	}
+	rc = batch_run(w, ds, e);
+	if (rc < 0)
+		goto out;
 	/* Everything past the last data chunk is holes. */
 	ds->md.done_off = size;
 	ds->md.zero_chunks = root_chunks(size, cs) - ds->md.data_chunks;
@@ -319,6 +433,7 @@ static int seed_disk(struct writer *w, struct disk_spec *ds, struct err *e)
 		rc = writer_checkpoint(w, e);
 	progress_item_end(w->prog);
 out:
+	w->nslots = 0;
 	free(ev.v);
 	return rc;
 }
@@ -372,7 +487,7 @@ static int estimate_space(struct writer *w, uint64_t *need, struct err *e)
 				uint8_t id[REC_ID_LEN];
 				size_t x = 0, zlen;
 
-				rc = read_chunk(w, ds, &ev, &x, off, len, e);
+				rc = read_chunk(w, ds, &ev, &x, off, len, w->buf, e);
 				if (rc < 0)
 					goto out;
 				sampled += len;
@@ -497,6 +612,63 @@ static void print_summary(struct writer *w, int ok, const char *error,
 			     r, sizeof(r)));
 }
 
+/* Worker threads, their codecs and the batch slots, sized for the largest
+ * chunk size among the disks to seed. */
+static int writer_buffers(struct writer *w, unsigned threads, int level,
+			  struct err *e)
+{
+	uint32_t max_cs = CHUNK_MIN;
+	size_t i, n;
+	int rc;
+
+	for (i = 0; i < w->ndisks; i++)
+		if (!w->disks[i].skip && w->disks[i].md.chunk_size > max_cs)
+			max_cs = w->disks[i].md.chunk_size;
+	rc = pool_new(threads, &w->pool, e);
+	if (rc < 0)
+		return rc;
+	w->codecs = calloc(pool_threads(w->pool), sizeof(*w->codecs));
+	if (!w->codecs)
+		return err_set(e, -ENOMEM, "out of memory");
+	for (i = 0; i < pool_threads(w->pool); i++) {
+		rc = codec_new(w->d->keys, w->d->info.uuid_bin, level, &w->codecs[i], e);
+		if (rc < 0)
+			return rc;
+	}
+	n = BATCH_BYTES / max_cs;
+	if (n < 2)
+		n = 2;
+	if (n > MAX_SLOTS)
+		n = MAX_SLOTS;
+	w->slots_alloc = n;
+	w->slots = calloc(n, sizeof(*w->slots));
+	if (!w->slots)
+		return err_set(e, -ENOMEM, "out of memory");
+	w->body_cap = codec_bound(max_cs);
+	for (i = 0; i < n; i++) {
+		w->slots[i].plain = malloc(max_cs);
+		w->slots[i].body = malloc(w->body_cap);
+		if (!w->slots[i].plain || !w->slots[i].body)
+			return err_set(e, -ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
+static void writer_free_buffers(struct writer *w)
+{
+	size_t i;
+
+	for (i = 0; w->slots && i < w->slots_alloc; i++) {
+		free(w->slots[i].plain);
+		free(w->slots[i].body);
+	}
+	free(w->slots);
+	for (i = 0; w->codecs && w->pool && i < pool_threads(w->pool); i++)
+		codec_free(w->codecs[i]);
+	free(w->codecs);
+	pool_free(w->pool);
+}
+
 /* Opens every source before the drive is touched, so bad input writes nothing. */
 static int open_sources(struct writer *w, struct err *e)
 {
@@ -576,6 +748,7 @@ int seed_write_main(int argc, char **argv)
 		{ "chunk-size", required_argument, NULL, 'c' },
 		{ "max-read-rate", required_argument, NULL, 'r' },
 		{ "level", required_argument, NULL, 'l' },
+		{ "threads", required_argument, NULL, 't' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -585,7 +758,7 @@ int seed_write_main(int argc, char **argv)
 	char mpath[4400];
 	struct err e = { 0 };
 	uint64_t v, rate = 0, need = 0, t0 = util_now_ns();
-	uint64_t level = 3;
+	uint64_t level = 3, threads = 0;
 	int opt, rc = 0, status = EXIT_FAIL;
 	size_t i;
 	struct sigaction sa;
@@ -613,6 +786,12 @@ int seed_write_main(int argc, char **argv)
 		case 'l':
 			if (util_parse_u64(optarg, 1, 19, &level) < 0) {
 				cli_error(SEED_PROG, "--level %s: a number from 1 to 19", optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		case 't':
+			if (util_parse_u64(optarg, 1, 16, &threads) < 0) {
+				cli_error(SEED_PROG, "--threads %s: a number from 1 to 16", optarg);
 				return EXIT_USAGE;
 			}
 			break;
@@ -677,6 +856,8 @@ int seed_write_main(int argc, char **argv)
 	if (rc == 0)
 		rc = attach_disks(&w, &e);
 	if (rc == 0)
+		rc = writer_buffers(&w, (unsigned)threads, (int)level, &e);
+	if (rc == 0)
 		rc = estimate_space(&w, &need, &e);
 	if (rc < 0)
 		goto fail;
@@ -727,6 +908,7 @@ fail:
 	cli_error(SEED_PROG, "%s", e.msg);
 	status = EXIT_FAIL;
 out:
+	writer_free_buffers(&w);
 	for (i = 0; i < w.ndisks; i++)
 		img_close(w.disks[i].img);
 	drive_close(w.d);
