@@ -51,7 +51,8 @@
 #include "ingest.h"
 
 #define RUN_CMD "run"
-/* Written bytes between two commits of the high-water mark. */
+/* Written bytes between two commits of the high-water mark. Tests lower it
+ * with FERRY_INGEST_BATCH=SIZE to see many marks on small drives. */
 #define RUN_BATCH_BYTES (256ull << 20)
 
 struct run_opts {
@@ -682,8 +683,13 @@ static int run_write(struct run_ctx *x, struct progress *p, struct err *e)
 	sqlite3_stmt *q = NULL, *ins = NULL;
 	struct manifest_chunk c;
 	uint64_t total = 0, done = 0, batch = 0, cur = UINT64_MAX, end = x->hwm;
+	uint64_t batch_max = RUN_BATCH_BYTES;
+	const char *env = getenv("FERRY_INGEST_BATCH");
 	ssize_t plen = -1;
 	int rc, zero = 0, in_txn = 0;
+
+	if (env && (util_parse_size(env, &batch_max) < 0 || !batch_max))
+		return err_set(e, -EINVAL, "FERRY_INGEST_BATCH=%s is not a size", env);
 
 	/* Progress counts record bytes of the log, as the drive is read. */
 	if (sqlite3_prepare_v2(mdb, "SELECT total(rec_len), total(CASE WHEN off < ?"
@@ -722,7 +728,7 @@ static int run_write(struct run_ctx *x, struct progress *p, struct err *e)
 
 		if (off != cur) {
 			/* Every chunk before this one is complete: a safe mark. */
-			if (batch >= RUN_BATCH_BYTES) {
+			if (batch >= batch_max) {
 				rc = run_flush_and_mark(x, off, e);
 				in_txn = 0;
 				if (rc == 0)
@@ -943,21 +949,24 @@ static void run_json(const struct run_ctx *x, int ok, const char *error)
 /* One line on why the run failed, from the verdicts. */
 static int run_conclude(const struct run_ctx *x, char *why, size_t len)
 {
-	size_t i, bad = 0, used = 0;
+	char ranges[256];
+	size_t i, bad = 0, used;
 
-	why[0] = '\0';
 	used = (size_t)snprintf(why, len, "not every disk is complete and identical: ");
 	for (i = 0; i < x->nt; i++) {
 		const struct run_target *t = &x->t[i];
 
 		if (t->verdict == RUN_IDENTICAL || t->verdict == RUN_PARTIAL_OK)
 			continue;
+		if (t->verdict == RUN_DAMAGED)
+			ingest_ranges_text(t->ranges, t->nranges, ranges, sizeof(ranges));
 		if (used < len)
-			used += (size_t)snprintf(why + used, len - used, "%s%s %s",
-						 bad ? ", " : "", t->m.name,
-						 t->verdict == RUN_DAMAGED ? "incomplete (damaged chunks)" :
-						 t->verdict == RUN_MISMATCH ? "does not match" :
-						 "partial (no receipt says it was sealed so)");
+			used += (size_t)snprintf(why + used, len - used, "%s%s %s%s",
+				bad ? ", " : "", t->m.name,
+				t->verdict == RUN_DAMAGED ? "incomplete, damaged at " :
+				t->verdict == RUN_MISMATCH ? "does not read back as the drive says" :
+				"partial (no receipt says it was sealed so)",
+				t->verdict == RUN_DAMAGED ? ranges : "");
 		bad++;
 	}
 	return bad == 0;

@@ -263,10 +263,24 @@ static void verify_reason_add(struct verify_result *v, const char *fmt, ...)
 static int verify_conclude(struct verify_result *v)
 {
 	size_t i, bad = 0;
-	char names[256] = "";
+	char names[512] = "", ranges[256];
 
-	if (!v->log_ok)
-		verify_reason_add(v, "%s", v->log_err);
+	for (i = 0; i < v->ndisks; i++) {
+		const struct verify_disk *vd = &v->disks[i];
+		size_t used = strlen(names);
+
+		if (vd->ok)
+			continue;
+		bad++;
+		if (vd->nranges)
+			ingest_ranges_text(vd->ranges, vd->nranges, ranges, sizeof(ranges));
+		snprintf(names + used, sizeof(names) - used, "%s%s %s%s", bad > 1 ? ", " : "",
+			 vd->m.name, vd->nranges ? "damaged at " : vd->why,
+			 vd->nranges ? ranges : "");
+	}
+	/* What the technician acts on first: which disks, then why. */
+	if (bad)
+		verify_reason_add(v, "disk%s not intact: %s", bad > 1 ? "s" : "", names);
 	if (v->bad_chunks)
 		verify_reason_add(v, "%llu of %llu chunks fail their check (first: %s)",
 				  (unsigned long long)v->bad_chunks,
@@ -274,17 +288,8 @@ static int verify_conclude(struct verify_result *v)
 	if (v->bad_extents)
 		verify_reason_add(v, "%llu extents name chunks the manifest cannot supply",
 				  (unsigned long long)v->bad_extents);
-	for (i = 0; i < v->ndisks; i++) {
-		size_t used = strlen(names);
-
-		if (v->disks[i].ok)
-			continue;
-		bad++;
-		snprintf(names + used, sizeof(names) - used, "%s%s (%s)", bad > 1 ? ", " : "",
-			 v->disks[i].m.name, v->disks[i].why);
-	}
-	if (bad)
-		verify_reason_add(v, "disk%s not intact: %s", bad > 1 ? "s" : "", names);
+	if (!v->log_ok)
+		verify_reason_add(v, "%s", v->log_err);
 	return v->reason[0] == '\0';
 }
 
@@ -299,7 +304,7 @@ static void verify_print(const struct verify_result *v, const struct verify_opts
 	       (unsigned long long)(sb->next_rec - 1));
 	if (o->receipt)
 		printf("receipt: matches the drive (%s)\n", o->receipt);
-	printf("log: %s\n", v->log_ok ? "chain intact" : v->log_err);
+	printf("%s\n", v->log_ok ? "log: chain intact" : v->log_err);
 	printf("chunks: %llu checked (%s), %llu damaged\n",
 	       (unsigned long long)v->chunks,
 	       o->deep ? "authenticated, ids recomputed" : "authenticated",
