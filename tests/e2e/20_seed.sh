@@ -311,11 +311,13 @@ for attempt in $(seq 1 20); do
 	# Early kills land in start-up and the first disk; later ones deeper.
 	delay=0.$((RANDOM % 6 + 1))
 	[ "$attempt" -eq 1 ] && delay=0.05
-	# In a subshell so bash's "Killed" notice does not reach our stderr.
-	(timeout -s KILL "$delay" \
-		"$SEED" write "$D" --key-file "$T/key" --state "$D.state" "${SRC[@]}" \
-		>"$T/kill.out" 2>&1) 2>/dev/null
-	rc=$?
+	# In a group on /dev/null so bash's "Killed" notice does not reach our stderr.
+	{
+		timeout -s KILL "$delay" \
+			"$SEED" write "$D" --key-file "$T/key" --state "$D.state" \
+			"${SRC[@]}" >"$T/kill.out" 2>&1
+		rc=$?
+	} 2>/dev/null
 	if [ "$rc" -eq 137 ]; then
 		kills=$((kills + 1))
 	elif [ "$rc" -eq 0 ]; then
