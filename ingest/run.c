@@ -999,8 +999,8 @@ static int run_lock(struct run_ctx *x, struct err *e)
 	if (x->lock_fd < 0)
 		return err_set(e, -errno, "%s: %s", path, strerror(errno));
 	if (flock(x->lock_fd, LOCK_EX | LOCK_NB) < 0)
-		return err_set(e, -EBUSY, "another " INGEST_PROG " run is ingesting drive %s"
-			       " (state folder %s)", x->d ? x->d->info.uuid : "", x->dir);
+		return err_set(e, -EBUSY, "another " INGEST_PROG " run is ingesting this drive"
+			       " (it holds %s)", path);
 	return 0;
 }
 
