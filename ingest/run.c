@@ -686,7 +686,7 @@ static int run_write(struct run_ctx *x, struct progress *p, struct err *e)
 	uint64_t batch_max = RUN_BATCH_BYTES;
 	const char *env = getenv("FERRY_INGEST_BATCH");
 	ssize_t plen = -1;
-	int rc, zero = 0, in_txn = 0;
+	int rc, zero = 0, in_txn = 0, loaded = 0;
 
 	if (env && (util_parse_size(env, &batch_max) < 0 || !batch_max))
 		return err_set(e, -EINVAL, "FERRY_INGEST_BATCH=%s is not a size", env);
@@ -748,6 +748,17 @@ static int run_write(struct run_ctx *x, struct progress *p, struct err *e)
 			c.plain_len = (uint32_t)sqlite3_column_int64(q, 4);
 			if (off + c.rec_len > end)
 				end = off + c.rec_len;
+			loaded = 0;
+			done += c.rec_len;
+			progress_update(p, done);
+		}
+		t = run_target_of(x, sqlite3_column_int64(q, 5));
+		if (!t || t->action == RUN_SKIP)
+			continue;
+		/* Read on the first extent that needs it: a chunk only targets
+		 * found identical before the run use is never read. */
+		if (!loaded) {
+			loaded = 1;
 			err_clear(&e1);
 			plen = sqlite3_column_bytes(q, 0) == REC_ID_LEN
 				       ? ingest_chunk_load(x->d, &c, &x->b, 1, &e1)
@@ -759,14 +770,9 @@ static int run_write(struct run_ctx *x, struct progress *p, struct err *e)
 			} else {
 				zero = codec_is_zero(x->b.plain, (size_t)plen);
 			}
-			done += c.rec_len;
-			progress_update(p, done);
 		}
-		if (plen < 0 || zero)
-			continue;
-		t = run_target_of(x, sqlite3_column_int64(q, 5));
 		/* Extents of another length are reported by the extent scan. */
-		if (!t || t->action == RUN_SKIP || ingest_chunk_len(&t->m, idx) != (uint64_t)plen)
+		if (plen < 0 || zero || ingest_chunk_len(&t->m, idx) != (uint64_t)plen)
 			continue;
 		rc = img_write_at(t->img, x->b.plain, (size_t)plen, idx * t->m.chunk_size, e);
 		if (rc < 0)
@@ -847,7 +853,10 @@ static int run_judge(struct run_ctx *x, struct progress *p, struct err *e)
 				break;
 			t->have_troot = 1;
 		}
-		rc = ingest_damage_ranges(x->d, &t->m, &t->ranges, &t->nranges, e);
+		/* A target found identical before the run needs nothing from the
+		 * drive: damage elsewhere on it does not concern that disk. */
+		if (t->action != RUN_SKIP)
+			rc = ingest_damage_ranges(x->d, &t->m, &t->ranges, &t->nranges, e);
 		if (rc < 0)
 			break;
 		if (t->nranges)

@@ -272,6 +272,12 @@ else
 fi
 "$APPLIANCE" status "$F" >"$T/stf.out" 2>&1
 has "a damaged drive is not marked ingested" "$T/stf.out" 'sealed'
+# The damage concerns only disks still to be written from the drive.
+mkdir -p "$T/outf2"
+cp --sparse=always "$src/a.raw" "$T/outf2/a.raw"
+check "damaged chunk of a disk already identical at the target: run exit 0" \
+	"$INGEST" run "$F" --key-file "$K" --receipt "$T/r.json" --to "$T/outf2" --state "$T/istf2"
+same "and b is written from the damaged drive" "$src/b.raw" "$T/outf2/b.raw"
 
 # --- partial drives ---------------------------------------------------------
 P=$T/p.img
