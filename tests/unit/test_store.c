@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -991,6 +992,101 @@ out:
 	unlink(dev);
 }
 
+/* store_append_body (bodies compressed elsewhere, as the seeder does),
+ * interleaved with store_append: one chain that scans and opens. */
+static void test_append_body(const struct keys *k)
+{
+	struct drive_info info;
+	struct store *s = NULL;
+	struct codec *c = NULL;
+	struct store_scan_pos pos;
+	struct log lg;
+	struct visit v;
+	struct err e = { 0, "" };
+	uint8_t plain[10000], *body = malloc(codec_bound(sizeof(plain)));
+	char dev[PATH_MAX];
+	unsigned i;
+	int rc = 0, status = 0;
+	pid_t pid;
+
+	memset(&lg, 0, sizeof(lg));
+	snprintf(dev, sizeof(dev), "%s", tap_path("body.img"));
+	if (!body || new_drive(dev, DEV_SIZE, &info, k) < 0 ||
+	    codec_new(k, info.uuid_bin, 3, &c, &e) < 0 ||
+	    store_open(dev, &info, k, STORE_RDWR, &s, &e) < 0) {
+		tap_ok(0, "body setup: %s", e.msg);
+		goto out;
+	}
+	for (i = 0; rc == 0 && i < 12; i++) {
+		struct rec_hdr h;
+		size_t len;
+		ssize_t blen;
+
+		if (i % 3 == 2) {     /* every third through store_append */
+			rc = append_recs(s, c, &lg, 1, &e);
+			continue;
+		}
+		len = rec_plain(i, plain, sizeof(plain));
+		memset(&h, 0, sizeof(h));
+		h.type = rec_types[i % ARRAY_SIZE(rec_types)];
+		if (h.type == REC_CKPT || h.type == REC_EVENT || h.type == REC_SEAL)
+			h.flags = REC_F_META | REC_F_LAST;
+		h.aux = i;
+		h.id[0] = (uint8_t)i;
+		blen = codec_compress(c, plain, len, body, codec_bound(len), &h.flags);
+		rc = blen < 0 ? (int)blen :
+			store_append_body(s, c, &h, body, (size_t)blen, len, 0,
+					  &lg.off[i], &lg.len[i], &e);
+		if (rc == 0 && h.seq != i + 1)
+			rc = -EPROTO;
+		lg.type[i] = h.type;
+		lg.n = i + 1;
+	}
+	tap_ok(rc == 0 && lg.n == 12, "8 records by store_append_body, 4 by "
+	       "store_append (%d: %s)", rc, e.msg);
+	if (rc == 0)
+		rc = store_commit(s, DRIVE_SEEDING, 0, 0, &e);
+	memset(&v, 0, sizeof(v));
+	v.c = c;
+	v.lg = &lg;
+	scan_start(s, &pos);
+	if (rc == 0)
+		rc = store_scan(s, &pos, store_sb(s)->log_end, 0, visit_fn, &v, &e);
+	tap_ok(rc == 0 && v.n == 12 && v.bad == 0,
+	       "they form one chain that scans and opens (%d, %u, %d %s)", rc, v.n,
+	       v.bad, v.why);
+
+	/* A body larger than any record: refused before it is copied. In a
+	 * child, so an overflow cannot take the rest of the test down. */
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		const size_t huge = 32u << 20;
+		uint8_t *hb = calloc(1, huge);
+		struct rec_hdr h;
+		uint64_t off;
+		uint32_t len;
+
+		memset(&h, 0, sizeof(h));
+		h.type = REC_CHUNK;
+		h.flags = REC_F_ZSTD;
+		rc = hb ? store_append_body(s, c, &h, hb, huge, 4096, 0, &off, &len,
+					    NULL) : 0;
+		_exit(rc == -EMSGSIZE ? 0 : 1);
+	}
+	rc = pid > 0 && waitpid(pid, &status, 0) == pid;
+	tap_ok(rc && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	       "store_append_body of a 32 MiB body: -EMSGSIZE, no overflow "
+	       "(child %s %d)", rc && WIFEXITED(status) ? "exited" : "died with signal",
+	       rc && WIFEXITED(status) ? WEXITSTATUS(status) :
+	       (rc && WIFSIGNALED(status) ? WTERMSIG(status) : -1));
+out:
+	store_close(s);
+	codec_free(c);
+	free(body);
+	unlink(dev);
+}
+
 int main(void)
 {
 	struct keys *k = test_keys(1);
@@ -1006,6 +1102,7 @@ int main(void)
 	test_limit(k);
 	test_fault(k);
 	test_sealed(k);
+	test_append_body(k);
 	keys_free(k);
 	return tap_done();
 }
