@@ -183,6 +183,9 @@ ssize_t codec_seal_body(struct codec *c, struct rec_hdr *h, uint8_t *out,
 		return err_set(e, -ENOKEY, "codec: no key for key id %u", h->key_id);
 	if (plen > REC_MAX_PLAIN || blen > REC_MAX_PAYLOAD - REC_TAG_LEN)
 		return err_set(e, -EMSGSIZE, "codec: record of %zu bytes too large", plen);
+	if (!(h->flags & REC_F_ZSTD) && blen != plen)
+		return err_set(e, -EINVAL, "codec: uncompressed body of %zu bytes for %zu",
+			       blen, plen);
 	h->plain_len = (uint32_t)plen;
 	h->payload_len = (uint32_t)(blen + REC_TAG_LEN);
 	randombytes_buf(h->nonce, sizeof(h->nonce));
@@ -227,7 +230,9 @@ ssize_t codec_open(struct codec *c, const struct rec_hdr *h,
 		return err_set(e, -ENOBUFS, "codec: plaintext buffer too small");
 	rec_hdr_pack(h, hdr);
 	codec_ad(c, hdr, ad);
-	dst = (h->flags & REC_F_ZSTD) ? c->scratch : plain;
+	/* Always into scratch: libsodium clears the output when the tag fails,
+	 * and the caller's buffer must stay untouched unless it passes. */
+	dst = c->scratch;
 	if (!(h->flags & REC_F_ZSTD) && cap < h->payload_len - REC_TAG_LEN)
 		return err_set(e, -ENOBUFS, "codec: plaintext buffer too small");
 	if (crypto_aead_xchacha20poly1305_ietf_decrypt(dst, &mlen, NULL, payload,
@@ -235,8 +240,10 @@ ssize_t codec_open(struct codec *c, const struct rec_hdr *h,
 						       h->nonce, key) != 0)
 		return err_set(e, -EBADMSG, "record %llu: authentication failed",
 			       (unsigned long long)h->seq);
-	if (!(h->flags & REC_F_ZSTD))
+	if (!(h->flags & REC_F_ZSTD)) {
+		memcpy(plain, dst, (size_t)mlen);
 		return (ssize_t)mlen;
+	}
 	z = ZSTD_decompressDCtx(c->dctx, plain, h->plain_len, dst, (size_t)mlen);
 	if (ZSTD_isError(z) || z != h->plain_len)
 		return err_set(e, -EBADMSG, "record %llu: bad compressed payload",

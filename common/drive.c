@@ -139,6 +139,7 @@ static int drive_rebuild(struct drive *d, int only_newest, struct err *e)
 		}
 		if (only_newest) {
 			rc = manifest_ckpt_import(d->man, ck, ck_len, e);
+			d->ckpt_count = want;
 			goto out;
 		}
 		free(ck);

@@ -439,7 +439,9 @@ int manifest_truncate_gen(struct manifest *m, uint64_t gen, struct err *e)
 
 	snprintf(sql, sizeof(sql),
 		 "DELETE FROM chunks WHERE gen > %llu; DELETE FROM extents WHERE gen > %llu;"
-		 " DELETE FROM events WHERE gen > %llu;",
+		 " DELETE FROM events WHERE gen > %llu; DELETE FROM disks WHERE gen > %llu;"
+		 " DELETE FROM meta WHERE gen > %llu;",
+		 (unsigned long long)gen, (unsigned long long)gen,
 		 (unsigned long long)gen, (unsigned long long)gen,
 		 (unsigned long long)gen);
 	return sql_exec(m, sql, e);
@@ -460,7 +462,7 @@ int manifest_ckpt_export(struct manifest *m, uint64_t gen, uint8_t **buf,
 		return rc;
 	snprintf(sql, sizeof(sql),
 		 "CREATE TABLE ck.meta AS SELECT key, value, gen FROM main.meta"
-		 "  WHERE key NOT LIKE 'host.%%';"
+		 "  WHERE substr(key, 1, 5) <> 'host.';"
 		 "CREATE TABLE ck.disks AS SELECT " DISK_COLS " FROM main.disks;"
 		 "CREATE TABLE ck.chunks AS SELECT id, off, seq, rec_len, plain_len, gen"
 		 "  FROM main.chunks WHERE gen = %llu;"
@@ -517,7 +519,7 @@ int manifest_ckpt_import(struct manifest *m, const uint8_t *buf, size_t len,
 	if (rc == 0)
 		rc = sql_exec(m,
 		"INSERT OR REPLACE INTO main.meta(key, value, gen)"
-		"  SELECT key, value, gen FROM ck.meta WHERE key NOT LIKE 'host.%';"
+		"  SELECT key, value, gen FROM ck.meta WHERE substr(key, 1, 5) <> 'host.';"
 		"INSERT OR REPLACE INTO main.disks(" DISK_COLS ") SELECT " DISK_COLS
 		"  FROM ck.disks;"
 		"INSERT OR REPLACE INTO main.chunks(id, off, seq, rec_len, plain_len, gen)"
@@ -530,7 +532,9 @@ int manifest_ckpt_import(struct manifest *m, const uint8_t *buf, size_t len,
 		rc = manifest_commit(m, e);
 	} else {
 		manifest_rollback(m);
-		rc = err_set(e, -EBADMSG, "manifest: bad checkpoint: %s", e ? e->msg : "");
+		rc = err_prefix(e, "manifest: bad checkpoint");
+		if (e)
+			e->code = rc = -EBADMSG;
 	}
 out:
 	sqlite3_exec(m->db, "DETACH DATABASE ck", NULL, NULL, NULL);
@@ -567,8 +571,9 @@ static void dg_col(crypto_generichash_state *st, sqlite3_stmt *q, int col)
 	}
 }
 
+/* Hashes the table name (NUL included), then every column of every row. */
 static int dg_query(struct manifest *m, crypto_generichash_state *st,
-		    const char *sql, struct err *e)
+		    const char *table, const char *sql, struct err *e)
 {
 	sqlite3_stmt *q = NULL;
 	int rc, i, cols;
@@ -577,7 +582,7 @@ static int dg_query(struct manifest *m, crypto_generichash_state *st,
 	if (rc < 0)
 		return rc;
 	cols = sqlite3_column_count(q);
-	crypto_generichash_update(st, (const uint8_t *)sql, strlen(sql));
+	crypto_generichash_update(st, (const uint8_t *)table, strlen(table) + 1);
 	while ((rc = sqlite3_step(q)) == SQLITE_ROW)
 		for (i = 0; i < cols; i++)
 			dg_col(st, q, i);
@@ -593,21 +598,21 @@ int manifest_digest(struct manifest *m, uint8_t out[32], struct err *e)
 
 	crypto_generichash_init(&st, NULL, 0, 32);
 	crypto_generichash_update(&st, (const uint8_t *)"ferry-manifest-v1", 17);
-	rc = dg_query(m, &st, "SELECT key, value FROM meta WHERE key NOT LIKE 'host.%'"
+	rc = dg_query(m, &st, "meta", "SELECT key, value FROM meta WHERE substr(key, 1, 5) <> 'host.'"
 		      " ORDER BY key", e);
 	if (rc == 0)
-		rc = dg_query(m, &st, "SELECT id, name, source, size, chunk_size, state,"
+		rc = dg_query(m, &st, "disks", "SELECT id, name, source, size, chunk_size, state,"
 			      " done_off, data_chunks, zero_chunks, read_bytes, allocated,"
 			      " track_kind, track_epoch, started, completed, root"
 			      " FROM disks ORDER BY id", e);
 	if (rc == 0)
-		rc = dg_query(m, &st, "SELECT id, off, seq, rec_len, plain_len FROM chunks"
+		rc = dg_query(m, &st, "chunks", "SELECT id, off, seq, rec_len, plain_len FROM chunks"
 			      " ORDER BY id", e);
 	if (rc == 0)
-		rc = dg_query(m, &st, "SELECT disk, idx, chunk FROM extents"
+		rc = dg_query(m, &st, "extents", "SELECT disk, idx, chunk FROM extents"
 			      " ORDER BY disk, idx", e);
 	if (rc == 0)
-		rc = dg_query(m, &st, "SELECT seq, time, kind, detail FROM events"
+		rc = dg_query(m, &st, "events", "SELECT seq, time, kind, detail FROM events"
 			      " ORDER BY seq", e);
 	if (rc == 0)
 		crypto_generichash_final(&st, out, 32);

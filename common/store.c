@@ -402,6 +402,8 @@ static int store_room(struct store *s, size_t bound, struct err *e)
 {
 	if (s->mode != STORE_RDWR)
 		return err_set(e, -EBADF, "store: opened read-only");
+	if (s->failed)
+		return err_set(e, -EIO, "store: drive in error state after a failed write");
 	if (s->sb.state == DRIVE_SEALED || s->sb.state == DRIVE_INGESTED)
 		return err_set(e, -EROFS, "drive is sealed");
 	if (s->wlen + bound > STORE_WBUF + codec_bound(REC_MAX_PLAIN) ||
@@ -450,8 +452,13 @@ int store_append_body(struct store *s, struct codec *c, struct rec_hdr *h,
 		      int ignore_limit, uint64_t *off, uint32_t *len,
 		      struct err *e)
 {
-	int rc = store_room(s, REC_HDR_LEN + blen + REC_TAG_LEN, e);
+	int rc;
 
+	/* Checked before the copy into the write buffer, which holds one
+	 * largest record beyond STORE_WBUF and no more. */
+	if (plen > REC_MAX_PLAIN || blen > REC_MAX_PAYLOAD - REC_TAG_LEN)
+		return err_set(e, -EMSGSIZE, "store: record of %zu bytes too large", blen);
+	rc = store_room(s, REC_HDR_LEN + blen + REC_TAG_LEN, e);
 	if (rc < 0)
 		return rc;
 	h->seq = s->next_seq;
