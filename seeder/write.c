@@ -883,10 +883,12 @@ int seed_write_main(int argc, char **argv)
 	if (rc == -ENOSPC || rc == -EINTR) {
 		/* Keep what is done: a checkpoint in the reserved space. */
 		struct err e2 = { 0 };
+		char first[ERR_MSG_MAX];
 
 		w.full = rc == -ENOSPC;
+		memcpy(first, e.msg, sizeof(first));
 		if (writer_checkpoint(&w, &e2) < 0)
-			err_set(&e, rc, "%s; the final checkpoint failed too: %s", e.msg, e2.msg);
+			err_set(&e, rc, "%s; the final checkpoint failed too: %s", first, e2.msg);
 		else if (w.full)
 			err_set(&e, rc, "drive full: stopped cleanly with what was seeded so far "
 				"checkpointed; seal the drive to ship it, or use a bigger one");
