@@ -125,6 +125,9 @@ static void usage(FILE *f)
 		"  --max-read-rate R     cap reads from the sources at R bytes/s (e.g. 100M)\n"
 		"  --level N             zstd level 1-19 (default 3)\n"
 		"  --threads N           hashing and compression threads (default: one per CPU)\n"
+		"  --fill                seed as much as fits instead of refusing when the\n"
+		"                        estimate exceeds the free space; stops cleanly when\n"
+		"                        the drive is full (then seal ships what is on it)\n"
 		"  --json                JSON lines on stdout: progress and a final summary\n"
 		"  -h, --help            this help\n");
 }
@@ -749,6 +752,7 @@ int seed_write_main(int argc, char **argv)
 		{ "max-read-rate", required_argument, NULL, 'r' },
 		{ "level", required_argument, NULL, 'l' },
 		{ "threads", required_argument, NULL, 't' },
+		{ "fill", no_argument, NULL, 'F' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -759,7 +763,7 @@ int seed_write_main(int argc, char **argv)
 	struct err e = { 0 };
 	uint64_t v, rate = 0, need = 0, t0 = util_now_ns();
 	uint64_t level = 3, threads = 0;
-	int opt, rc = 0, status = EXIT_FAIL;
+	int opt, rc = 0, status = EXIT_FAIL, fill = 0;
 	size_t i;
 	struct sigaction sa;
 
@@ -795,6 +799,7 @@ int seed_write_main(int argc, char **argv)
 				return EXIT_USAGE;
 			}
 			break;
+		case 'F': fill = 1; break;
 		case 'j': w.json = 1; break;
 		case 'h': usage(stdout); return EXIT_OK;
 		default: usage(stderr); return EXIT_USAGE;
@@ -861,7 +866,7 @@ int seed_write_main(int argc, char **argv)
 		rc = estimate_space(&w, &need, &e);
 	if (rc < 0)
 		goto fail;
-	if (need > store_free(w.d->store)) {
+	if (need > store_free(w.d->store) && !fill) {
 		char a[32], b[32];
 
 		rc = err_set(&e, -ENOSPC, "%s too small: this seed needs about %s, %s free",
@@ -891,7 +896,7 @@ int seed_write_main(int argc, char **argv)
 			err_set(&e, rc, "%s; the final checkpoint failed too: %s", first, e2.msg);
 		else if (w.full)
 			err_set(&e, rc, "drive full: stopped cleanly with what was seeded so far "
-				"checkpointed; seal the drive to ship it, or use a bigger one");
+				"checkpointed; seal the drive to ship it, or use another one");
 		else
 			err_set(&e, rc, "interrupted: progress checkpointed; run the same command "
 				"again to resume");
