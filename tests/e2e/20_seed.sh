@@ -291,7 +291,46 @@ cmp_le "full drive: the seeded part is on the drive ($u bytes)" $((1 * MiB)) "$u
 check "full drive: seal works (reserved space)" seal "$D" "$T/full.receipt"
 "$APPLIANCE" status "$D" --json >"$T/st.json" 2>&1
 eq "full drive: status says sealed" "$(jq_last "$T/st.json" 'd["state"]')" sealed
-rm -f "$D" "$T/full.raw"
+if have_ingest; then
+	"$INGEST" run "$D" --to "$T/full.out" --key-file "$T/key" \
+		--receipt "$T/full.receipt" --state "$T/full.istate" >"$T/irun.out" 2>&1
+	diag "ferry-ingest run of a full drive: exit $?" "$(tail -n 2 "$T/irun.out")"
+	# Every chunk of the output is the source's or zeros; the data chunks
+	# that are there form a prefix and number the receipt's data_chunks.
+	res=$(python3 - "$T/full.out/g.raw" "$T/full.raw" "$T/full.receipt" <<'EOF2'
+import json, sys
+try:
+    out = open(sys.argv[1], "rb").read()
+except OSError as e:
+    print("no output: %s" % e); sys.exit()
+src = open(sys.argv[2], "rb").read()
+want = json.load(open(sys.argv[3]))["disks"][0]["data_chunks"]
+cs = 65536; have = []; wrong = []
+for i in range(0, len(src), cs):
+    o, s = out[i:i+cs], src[i:i+cs]
+    if s.count(0) == cs:
+        continue
+    if o == s:
+        have.append(i // cs)
+    elif o.count(0) != cs:
+        wrong.append(i // cs)
+if wrong:
+    print("chunks with wrong content: %s" % wrong[:10])
+elif len(have) != want:
+    print("%d data chunks ingested, the receipt says %d" % (len(have), want))
+elif have and have[-1] >= len(have) * 32 // 31 + 2:
+    print("ingested chunks are not a prefix: last %d" % have[-1])
+EOF2
+)
+	if [ -z "$res" ]; then
+		ok "full drive: ingest run writes what was seeded"
+	else
+		not_ok "full drive: ingest run writes what was seeded" "$res"
+	fi
+else
+	skip "full drive: ingest run writes what was seeded" "ferry-ingest not built"
+fi
+rm -rf "$D" "$T/full.raw" "$T/full.out" "$T/full.istate"
 
 # --- kill -9 at several points, then the same command finishes -------------------
 head -c $((200 * MiB)) /dev/urandom >"$T/k2.raw"
@@ -307,10 +346,15 @@ D=$T/kill.drive
 prep "$D" 700M
 kills=0
 done_ok=0
+at=""
+in_k1=0
+in_k2=0
 for attempt in $(seq 1 20); do
-	# Early kills land in start-up and the first disk; later ones deeper.
-	delay=0.$((RANDOM % 6 + 1))
-	[ "$attempt" -eq 1 ] && delay=0.05
+	# Later attempts wait longer, so the kills move through k1 into k2
+	# (a resumed run reads its sources again from the last checkpoint).
+	cs=$((attempt * 15 + RANDOM % 15))
+	delay=$(printf '%d.%02d' $((cs / 100)) $((cs % 100)))
+	[ "$attempt" -eq 1 ] && delay=0.05 # in start-up
 	# In a group on /dev/null so bash's "Killed" notice does not reach our stderr.
 	{
 		timeout -s KILL "$delay" \
@@ -320,6 +364,12 @@ for attempt in $(seq 1 20); do
 	} 2>/dev/null
 	if [ "$rc" -eq 137 ]; then
 		kills=$((kills + 1))
+		# Where it died: the log's length, from the sparse drive file's
+		# allocation (k1 fills the first 200 MiB of the log, k2 the next).
+		logm=$((($(du -B1 "$D" | cut -f1) - 17 * MiB) / MiB))
+		at="$at ${delay}s:${logm}MiB"
+		[ "$logm" -gt 5 ] && [ "$logm" -lt 195 ] && in_k1=1
+		[ "$logm" -gt 205 ] && [ "$logm" -lt 400 ] && in_k2=1
 	elif [ "$rc" -eq 0 ]; then
 		done_ok=1
 		break
@@ -327,9 +377,11 @@ for attempt in $(seq 1 20); do
 		diag "attempt $attempt: exit $rc" "$(tail -n 3 "$T/kill.out")"
 		break
 	fi
-	[ "$kills" -ge 8 ] && break
+	[ "$kills" -ge 6 ] && [ "$in_k2" -eq 1 ] && break
 done
+diag "kills (delay:log length):$at"
 cmp_le "killed ferry-seed write at least 6 times ($kills)" 6 "$kills"
+eq "kills landed inside both big disks (k1 $in_k1, k2 $in_k2)" "$in_k1$in_k2" 11
 if [ "$done_ok" -eq 0 ]; then
 	check "the same command completes after the kills" \
 		"$SEED" write "$D" --key-file "$T/key" --state "$D.state" "${SRC[@]}"
