@@ -362,6 +362,11 @@ int store_fd(const struct store *s)
 	return s->fd;
 }
 
+int store_failed(const struct store *s)
+{
+	return s->failed;
+}
+
 uint64_t store_free(const struct store *s)
 {
 	return s->tail < s->sb.log_limit ? s->sb.log_limit - s->tail : 0;

@@ -86,6 +86,9 @@ int store_format(const char *dev, const struct drive_info *info,
 
 const struct sb *store_sb(const struct store *s);
 int store_fd(const struct store *s);
+/* 1 after a write to the device failed: appends and commits are refused
+ * until the store is opened again. */
+int store_failed(const struct store *s);
 /* Bytes still appendable before log_limit. */
 uint64_t store_free(const struct store *s);
 /* Bytes past log_end including the reserve. */

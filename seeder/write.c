@@ -94,6 +94,7 @@ struct writer {
 	uint64_t since_bytes, since_rows, since_ns;
 	uint64_t total_appended;
 	int full;                 /* ran out of space */
+	int no_append;            /* recovering: record only chunks on the drive */
 };
 
 static volatile sig_atomic_t interrupted;
@@ -310,6 +311,8 @@ static int batch_commit(struct writer *w, struct disk_spec *ds, struct err *e)
 			ds->zero_chunks++;
 			ds->md.zero_chunks++;
 		} else if (sl->kind == SLOT_NEW) {
+			if (w->no_append)
+				return err_set(e, -ENOSPC, "drive full");
 			if (sl->blen < 0)
 				return err_set(e, (int)sl->blen, "compression failed");
 			memset(&h, 0, sizeof(h));
@@ -672,6 +675,41 @@ static void writer_free_buffers(struct writer *w)
 	pool_free(w->pool);
 }
 
+static int attach_disks(struct writer *w, struct err *e);
+
+/*
+ * After a write to the drive failed (a full filesystem under a file-backed
+ * drive, an I/O error), keeps what did reach it: the drive is opened again,
+ * which rolls forward over the records written before the failure; the
+ * sources are read again from the last checkpoint and every chunk found on
+ * the drive is recorded, up to the first that is not; then a checkpoint.
+ */
+static int writer_recover(struct writer *w, const char *dev, const char *mpath,
+			  struct err *e)
+{
+	struct keys *k = w->d->keys;
+	size_t i;
+	int rc;
+
+	/* The codecs keep pointing at k, which the reopened drive now owns. */
+	w->d->keys = NULL;
+	drive_close(w->d);
+	w->d = NULL;
+	rc = drive_open_keys(dev, k, DRIVE_RDWR, mpath, &w->d, e);
+	if (rc < 0)
+		return rc;
+	rc = manifest_begin(w->d->man, e);
+	if (rc == 0)
+		rc = attach_disks(w, e);
+	w->no_append = 1;
+	for (i = 0; rc == 0 && i < w->ndisks; i++)
+		if (!w->disks[i].skip)
+			rc = seed_disk(w, &w->disks[i], e);
+	if (rc == 0 || rc == -ENOSPC)
+		rc = writer_checkpoint(w, e);
+	return rc;
+}
+
 /* Opens every source before the drive is touched, so bad input writes nothing. */
 static int open_sources(struct writer *w, struct err *e)
 {
@@ -885,6 +923,19 @@ int seed_write_main(int argc, char **argv)
 	for (i = 0; i < w.ndisks && rc == 0; i++)
 		if (!w.disks[i].skip)
 			rc = seed_disk(&w, &w.disks[i], &e);
+	if (rc < 0 && rc != -EINTR && store_failed(w.d->store)) {
+		struct err e2 = { 0 };
+		char first[ERR_MSG_MAX];
+
+		memcpy(first, e.msg, sizeof(first));
+		if (writer_recover(&w, dev, mpath, &e2) < 0)
+			err_set(&e, rc, "%s; what reached the drive could not be checkpointed: %s",
+				first, e2.msg);
+		else
+			err_set(&e, rc, "%s; stopped with what reached the drive checkpointed "
+				"(seal the drive to ship it, or run again to go on)", first);
+		goto fail;
+	}
 	if (rc == -ENOSPC || rc == -EINTR) {
 		/* Keep what is done: a checkpoint in the reserved space. */
 		struct err e2 = { 0 };
