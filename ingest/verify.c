@@ -387,9 +387,6 @@ int ingest_verify(int argc, char **argv)
 		snprintf(v.reason, sizeof(v.reason), "%s", e.msg);
 		goto report;
 	}
-	if (!o.receipt)
-		fprintf(stderr, "note: no --receipt given: only the drive's "
-			"self-consistency is checked, not that it is the drive that was sealed\n");
 	rc = ingest_log_check(v.d, &b, &v.records, &e);
 	v.log_ok = rc == 0;
 	if (rc < 0)
@@ -404,6 +401,10 @@ int ingest_verify(int argc, char **argv)
 	ok = verify_conclude(&v);
 	if (!o.json)
 		verify_print(&v, &o);
+	/* Said only on success: a failure gets exactly one line on stderr. */
+	if (ok && !o.receipt)
+		fprintf(stderr, "note: no --receipt given: only the drive's "
+			"self-consistency was checked, not that it is the drive that was sealed\n");
 report:
 	if (o.json)
 		verify_json(&v, ok);
