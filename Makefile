@@ -5,12 +5,17 @@
 #   make bench      benchmarks side by side with peers (see bench/)
 #   make SAN=1 ...  the same in build-san/ with ASan+UBSan
 #   make lint       banned functions and header self-containment
+#   make fuzz       libFuzzer on every parser target (FUZZ_SECONDS each)
 #   V=1             show full commands
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 
-ifeq ($(SAN),1)
+ifeq ($(FUZZ),1)
+B := build-fuzz
+CC := clang
+SANFLAGS := -fsanitize=address,undefined,fuzzer-no-link -fno-omit-frame-pointer
+else ifeq ($(SAN),1)
 B := build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 else
@@ -26,8 +31,11 @@ CC ?= cc
 WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes \
 	-Wmissing-prototypes -Wvla -Wcast-qual -Wpointer-arith \
 	-Wimplicit-fallthrough -Wundef -Wwrite-strings -Wnull-dereference \
-	-Wold-style-definition -Wdouble-promotion -Werror \
-	-Wno-format-truncation
+	-Wold-style-definition -Wdouble-promotion -Werror
+# Truncated messages are intended (struct err has a fixed size).
+ifneq ($(CC),clang)
+WARN += -Wno-format-truncation
+endif
 HARDEN := -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
 CFLAGS ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARN) $(HARDEN) $(SANFLAGS) \
@@ -51,12 +59,20 @@ UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 TESTLIB_SRC := $(sort $(wildcard tests/lib/*.c))
 TESTLIB_OBJ := $(TESTLIB_SRC:%.c=$(B)/%.o)
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+REPLAY_BIN := $(FUZZ_SRC:tests/fuzz/fuzz_%.c=$(B)/fuzz/replay_%)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/fuzz_%.c=$(B)/fuzz/fuzz_%)
+FUZZ_SECONDS ?= 60
 TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(B)/tools/%)
 
 BINS := $(B)/ferry-seed $(B)/ferry-ingest $(B)/ferry-appliance
 
-all: $(BINS) $(UNIT_BIN) $(TOOL_BIN)
+ifeq ($(FUZZ),1)
+all: $(FUZZ_BIN)
+else
+all: $(BINS) $(UNIT_BIN) $(TOOL_BIN) $(REPLAY_BIN)
+endif
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -84,6 +100,16 @@ $(B)/tests/%: $(B)/tests/unit/%.o $(TESTLIB_OBJ) $(B)/libferry.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
 
+$(B)/fuzz/replay_%: $(B)/tests/fuzz/fuzz_%.o $(B)/tests/fuzz/replay.o $(B)/libferry.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+$(B)/fuzz/fuzz_%: $(B)/tests/fuzz/fuzz_%.o $(B)/libferry.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $^ $(LIBS)
+
 $(B)/tools/%: $(B)/tests/tools/%.o $(B)/libferry.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
@@ -110,14 +136,26 @@ bench: deps-ok
 lint:
 	$(Q)sh tests/lint.sh
 
+# libFuzzer (clang): every target for FUZZ_SECONDS over a copy of its corpus;
+# new inputs that libFuzzer keeps are left in build-fuzz/corpus/NAME.
+fuzz: deps-ok
+	$(Q)$(MAKE) --no-print-directory FUZZ=1 all
+	$(Q)for f in $(FUZZ_SRC:tests/fuzz/fuzz_%.c=%); do \
+		mkdir -p build-fuzz/corpus/$$f; \
+		cp -n tests/fuzz/corpus/$$f/* build-fuzz/corpus/$$f/ 2>/dev/null; \
+		echo "  FUZZ    $$f ($(FUZZ_SECONDS) s)"; \
+		build-fuzz/fuzz/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			build-fuzz/corpus/$$f 2>&1 | grep -E "stat::number_of_executed_units|ERROR|crash" ; \
+	done
+
 install: $(BINS)
 	install -d $(DESTDIR)$(BINDIR)
 	install -m 0755 $(BINS) $(DESTDIR)$(BINDIR)
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
-.PHONY: all deps deps-ok check demo bench lint install clean
+.PHONY: all deps deps-ok check demo bench lint fuzz install clean
 .SECONDARY:
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)

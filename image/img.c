@@ -137,6 +137,32 @@ int img_extents(struct img *im, uint64_t off, uint64_t len, img_extent_fn fn,
 	return 0;
 }
 
+int img_dirty_extents(struct img *im, const char *bitmap, uint64_t off,
+		      uint64_t len, img_extent_fn fn, void *opaque,
+		      struct err *e)
+{
+	struct img_walk w = { im, fn, opaque, off, off + len, 0 };
+	int r;
+
+	if (!im->ops->dirty_extents)
+		return err_set(e, -ENOTSUP, "img: %s: %s images have no dirty bitmaps",
+			       im->path, im->ops->name);
+	r = img_check_range(im, off, len, -EINVAL, "dirty extent walk", e);
+	if (r < 0 || len == 0)
+		return r;
+	r = im->ops->dirty_extents(im, bitmap, off, len, img_walk_one, &w, e);
+	if (w.bad)
+		return err_set(e, -EIO, "img: %s: bad dirty extent near %llu", im->path,
+			       (unsigned long long)w.next);
+	if (r != 0)
+		return r;
+	if (w.next != w.end)
+		return err_set(e, -EIO, "img: %s: dirty bitmap left %llu..%llu unmapped",
+			       im->path, (unsigned long long)w.next,
+			       (unsigned long long)w.end);
+	return 0;
+}
+
 int img_write_at(struct img *im, const void *buf, size_t len, uint64_t off,
 		 struct err *e)
 {

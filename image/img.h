@@ -52,6 +52,10 @@ struct img_ops {
 			    struct err *e);
 	/* May be NULL (nothing to flush). Makes written data durable. */
 	int (*flush)(struct img *im, struct err *e);
+	/* May be NULL (no change tracking): see img_dirty_extents. */
+	int (*dirty_extents)(struct img *im, const char *bitmap, uint64_t off,
+			     uint64_t len, img_extent_fn fn, void *opaque,
+			     struct err *e);
 	/* Required. Releases backend state; must accept a half-open image. */
 	void (*close)(struct img *im);
 };
@@ -99,8 +103,56 @@ int img_flush(struct img *im, struct err *e);
 int img_allocated(struct img *im, uint64_t *out, struct err *e);
 void img_close(struct img *im);
 
+/*
+ * Changed extents since a QEMU dirty bitmap was created (NBD sources with
+ * a persistent bitmap): IMG_DATA for dirty ranges, IMG_HOLE for clean.
+ * -ENOTSUP for backends without change tracking, -ENOENT when the bitmap
+ * is not exported.
+ */
+int img_dirty_extents(struct img *im, const char *bitmap, uint64_t off,
+		      uint64_t len, img_extent_fn fn, void *opaque,
+		      struct err *e);
+
 /* Backends, for img.c's dispatch. */
 extern const struct img_ops img_raw_ops;
 int img_raw_open(const char *path, int mode, struct img **out, struct err *e);
+
+/* Limits on hostile image metadata (docs/IMAGE.md). */
+#define IMG_MAX_SIZE (1ull << 56)            /* 64 PiB virtual size */
+#define IMG_MAX_BACKING_DEPTH 16
+#define IMG_MAX_TABLE_BYTES (256ull << 20)   /* one L1/GD/GT table in memory */
+#define IMG_MAX_DESCRIPTOR (64u << 10)       /* VMDK text descriptor */
+#define IMG_MAX_EXTENTS 1024                 /* VMDK extent files */
+
+/*
+ * qcow2 (image/qcow2.c). Read: versions 2 and 3, zero clusters, compressed
+ * clusters (zlib, zstd), backing chains (read-only, relative to the image,
+ * at most IMG_MAX_BACKING_DEPTH deep; depth is the caller's depth, 0 at
+ * the top), extended L2 entries; encrypted images refused (-ENOTSUP).
+ * Create: a new v3 image with refcounts, sparse; writes allocate clusters.
+ */
+int img_qcow2_open(const char *path, int mode, unsigned depth,
+		   struct img **out, struct err *e);
+int img_qcow2_create(const char *path, uint64_t size, int excl,
+		     struct img **out, struct err *e);
+
+/*
+ * VMDK (image/vmdk.c). Read: monolithicSparse, twoGbMaxExtentSparse,
+ * monolithicFlat, twoGbMaxExtentFlat (descriptor file and extents, relative
+ * to the descriptor), streamOptimized. Create: "monolithicSparse" or
+ * "streamOptimized" (the latter written sequentially: write_at must move
+ * forward; it is closed by img_flush/img_close).
+ */
+int img_vmdk_open(const char *path, int mode, struct img **out,
+		  struct err *e);
+int img_vmdk_create(const char *path, uint64_t size, const char *subformat,
+		    int excl, struct img **out, struct err *e);
+
+/*
+ * NBD (image/nbd.c, libnbd): "nbd://host[:port]/export",
+ * "nbd+unix:///export?socket=PATH" and the other libnbd URIs. Allocation
+ * from base:allocation block status; several requests in flight.
+ */
+int img_nbd_open(const char *uri, int mode, struct img **out, struct err *e);
 
 #endif
