@@ -71,7 +71,7 @@ int img_read_at(struct img *im, void *buf, size_t len, uint64_t off,
 	r = im->ops->read_at(im, buf, len, off, e);
 	if (r < 0)
 		return r;
-	im->bytes_read += len;
+	__atomic_fetch_add(&im->bytes_read, len, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -177,7 +177,7 @@ int img_write_at(struct img *im, const void *buf, size_t len, uint64_t off,
 	r = im->ops->write_at(im, buf, len, off, e);
 	if (r < 0)
 		return r;
-	im->bytes_written += len;
+	__atomic_fetch_add(&im->bytes_written, len, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -205,7 +205,7 @@ int img_write_zeroes(struct img *im, uint64_t off, uint64_t len,
 		r = im->ops->write_at(im, zero, n, off, e);
 		if (r < 0)
 			goto out;
-		im->bytes_written += n;
+		__atomic_fetch_add(&im->bytes_written, n, __ATOMIC_RELAXED);
 		off += n;
 		len -= n;
 	}
@@ -213,6 +213,15 @@ int img_write_zeroes(struct img *im, uint64_t off, uint64_t len,
 out:
 	free(zero);
 	return r;
+}
+
+void img_prefetch(struct img *im, uint64_t off, uint64_t len)
+{
+	if (!im->ops->prefetch || off >= im->size)
+		return;
+	if (len > im->size - off)
+		len = im->size - off;
+	im->ops->prefetch(im, off, len);
 }
 
 int img_flush(struct img *im, struct err *e)

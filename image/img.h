@@ -37,6 +37,8 @@ typedef int (*img_extent_fn)(void *opaque, const struct img_extent *x);
 /* Backend contract; every callback returns 0 or a size, or -errno with e set. */
 struct img_ops {
 	const char *name;                       /* "raw" */
+	/* 1 when read_at may run on several threads at once (pread-based). */
+	int parallel_read;
 	/* Required. Reads len bytes at off (off+len <= size); never short. */
 	int (*read_at)(struct img *im, void *buf, size_t len, uint64_t off,
 		       struct err *e);
@@ -56,6 +58,8 @@ struct img_ops {
 	int (*dirty_extents)(struct img *im, const char *bitmap, uint64_t off,
 			     uint64_t len, img_extent_fn fn, void *opaque,
 			     struct err *e);
+	/* May be NULL. Advisory: start reading [off, off+len) ahead of use. */
+	void (*prefetch)(struct img *im, uint64_t off, uint64_t len);
 	/* Required. Releases backend state; must accept a half-open image. */
 	void (*close)(struct img *im);
 };
@@ -68,7 +72,7 @@ struct img {
 	int writable;
 	int is_block;
 	void *priv;                 /* backend state */
-	uint64_t bytes_read;        /* counters for tests and benchmarks */
+	uint64_t bytes_read;        /* counters for tests and benchmarks (atomic) */
 	uint64_t bytes_written;
 };
 
@@ -99,6 +103,8 @@ int img_write_at(struct img *im, const void *buf, size_t len, uint64_t off,
 int img_write_zeroes(struct img *im, uint64_t off, uint64_t len,
 		     struct err *e);
 int img_flush(struct img *im, struct err *e);
+/* Asks the backend to read [off, off+len) ahead (clipped to the image). */
+void img_prefetch(struct img *im, uint64_t off, uint64_t len);
 /* Sum of IMG_DATA extent lengths over the whole image. */
 int img_allocated(struct img *im, uint64_t *out, struct err *e);
 void img_close(struct img *im);

@@ -19,6 +19,7 @@
  *     reserved space, so what was seeded stays ingestible and sealable.
  */
 #include <getopt.h>
+#include <pthread.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -44,6 +45,7 @@
 #define MAX_DISKS 1024
 #define BATCH_BYTES (4u << 20)
 #define MAX_SLOTS 64
+#define PREFETCH_BYTES (32u << 20)
 
 struct disk_spec {
 	char *name;
@@ -64,7 +66,8 @@ struct extent_vec {
 enum slot_kind { SLOT_ZERO, SLOT_NEW, SLOT_DUP };
 
 /* One chunk of a batch: read on the main thread, hashed and compressed on
- * any, appended in order on the main thread. */
+ * any, encrypted and appended in order by the appender thread, recorded in
+ * the manifest on the main thread. */
 struct slot {
 	uint64_t idx;
 	uint32_t len;
@@ -72,17 +75,48 @@ struct slot {
 	uint8_t id[REC_ID_LEN];
 	uint8_t flags;
 	ssize_t blen;
-	uint8_t *plain;           /* CHUNK_MAX bytes */
+	uint8_t *plain;           /* max chunk size */
 	uint8_t *body;            /* body_cap bytes */
+	uint64_t off;             /* set by the appender */
+	uint64_t seq;
+	uint32_t rlen;
+	size_t x;                 /* first extent that may overlap */
+	int unread;               /* to be read by the hashing pool */
+	int rc;                   /* read result */
+	struct err e;
+};
+
+/*
+ * A batch of slots. Two alternate: while the appender encrypts and appends
+ * one (each record's header carries the digest of the one before, so this
+ * is serial), the main thread reads and hashes the next.
+ */
+struct batch {
+	struct slot *slots;
+	size_t n;                 /* slots filled */
+	size_t done;              /* slots the appender got through */
+	int rc;                   /* the appender's result */
+	struct err e;
+	struct disk_spec *ds;
+	const struct extent_vec *ev; /* the disk's data extents */
 };
 
 struct writer {
 	struct drive *d;
 	struct pool *pool;
 	struct codec **codecs;    /* one per pool thread */
-	struct slot *slots;
-	size_t nslots, batch, slots_alloc;
+	struct batch sets[2];
+	struct batch *cur;        /* being filled by the main thread */
+	struct batch *inflight;   /* at the appender, or NULL */
+	size_t batch, slots_alloc;
 	size_t body_cap;
+	/* The appender thread. */
+	pthread_t app_tid;
+	int app_started, app_quit;
+	pthread_mutex_t app_mu;
+	pthread_cond_t app_cv;
+	struct batch *app_job;    /* submitted, not yet taken */
+	int app_busy;
 	struct disk_spec *disks;
 	size_t ndisks;
 	uint32_t chunk_size;
@@ -190,29 +224,62 @@ static int data_extents(struct img *im, uint64_t from, struct extent_vec *ev,
  * Reads chunk [off, off+len) into buf: data parts from the source, holes as
  * zeros. *x is the first extent that may overlap (advanced as we go).
  */
-static int read_chunk(struct writer *w, struct disk_spec *ds,
-		      const struct extent_vec *ev, size_t *x, uint64_t off,
-		      uint32_t len, uint8_t *buf, struct err *e)
+static void extent_cursor(const struct extent_vec *ev, size_t *x, uint64_t off)
+{
+	while (*x < ev->n && ev->v[*x].off + ev->v[*x].len <= off)
+		(*x)++;
+}
+
+/* Bytes of [off, off+len) that lie in data extents from x on. */
+static uint64_t chunk_data_bytes(const struct extent_vec *ev, size_t x,
+				 uint64_t off, uint32_t len)
+{
+	uint64_t end = off + len, n = 0;
+	size_t i;
+
+	for (i = x; i < ev->n && ev->v[i].off < end; i++) {
+		uint64_t a = ev->v[i].off > off ? ev->v[i].off : off;
+		uint64_t b = ev->v[i].off + ev->v[i].len < end ? ev->v[i].off + ev->v[i].len : end;
+
+		n += b - a;
+	}
+	return n;
+}
+
+/* Reads the data parts of a chunk; safe on several threads at once when
+ * the backend's reads are. */
+static int chunk_read(struct img *im, const struct extent_vec *ev, size_t x,
+		      uint64_t off, uint32_t len, uint8_t *buf, struct err *e)
 {
 	uint64_t end = off + len;
 	size_t i;
 	int rc;
 
 	memset(buf, 0, len);
-	while (*x < ev->n && ev->v[*x].off + ev->v[*x].len <= off)
-		(*x)++;
-	for (i = *x; i < ev->n && ev->v[i].off < end; i++) {
+	for (i = x; i < ev->n && ev->v[i].off < end; i++) {
 		uint64_t a = ev->v[i].off > off ? ev->v[i].off : off;
 		uint64_t b = ev->v[i].off + ev->v[i].len < end ? ev->v[i].off + ev->v[i].len : end;
 
-		ratelimit_take(&w->rl, b - a);
-		rc = img_read_at(ds->img, buf + (a - off), (size_t)(b - a), a, e);
+		rc = img_read_at(im, buf + (a - off), (size_t)(b - a), a, e);
 		if (rc < 0)
-			return err_prefix(e, "%s", ds->source);
-		ds->read_bytes += b - a;
-		ds->md.read_bytes += b - a;
+			return err_prefix(e, "%s", im->path);
 	}
 	return 0;
+}
+
+/* Reads a chunk on the calling thread, with rate limit and counters. */
+static int read_chunk(struct writer *w, struct disk_spec *ds,
+		      const struct extent_vec *ev, size_t *x, uint64_t off,
+		      uint32_t len, uint8_t *buf, struct err *e)
+{
+	uint64_t n;
+
+	extent_cursor(ev, x, off);
+	n = chunk_data_bytes(ev, *x, off, len);
+	ratelimit_take(&w->rl, n);
+	ds->read_bytes += n;
+	ds->md.read_bytes += n;
+	return chunk_read(ds->img, ev, *x, off, len, buf, e);
 }
 
 static int writer_checkpoint(struct writer *w, struct err *e)
@@ -243,9 +310,16 @@ static int writer_checkpoint(struct writer *w, struct err *e)
 static void batch_hash(void *opaque, size_t i, unsigned thread)
 {
 	struct writer *w = opaque;
-	struct slot *sl = &w->slots[i];
+	struct slot *sl = &w->cur->slots[i];
 
 	(void)thread;
+	if (sl->unread) {
+		sl->rc = chunk_read(w->cur->ds->img, w->cur->ev, sl->x,
+				    sl->idx * w->cur->ds->md.chunk_size, sl->len,
+				    sl->plain, &sl->e);
+		if (sl->rc < 0)
+			return;
+	}
 	sl->kind = codec_is_zero(sl->plain, sl->len) ? SLOT_ZERO : SLOT_NEW;
 	if (sl->kind == SLOT_NEW)
 		codec_chunk_id(w->d->keys, sl->plain, sl->len, sl->id);
@@ -255,7 +329,7 @@ static void batch_hash(void *opaque, size_t i, unsigned thread)
 static void batch_compress(void *opaque, size_t i, unsigned thread)
 {
 	struct writer *w = opaque;
-	struct slot *sl = &w->slots[i];
+	struct slot *sl = &w->cur->slots[i];
 
 	if (sl->kind != SLOT_NEW)
 		return;
@@ -271,8 +345,8 @@ static int batch_dedup(struct writer *w, struct err *e)
 	size_t i, j;
 	int rc;
 
-	for (i = 0; i < w->nslots; i++) {
-		struct slot *sl = &w->slots[i];
+	for (i = 0; i < w->cur->n; i++) {
+		struct slot *sl = &w->cur->slots[i];
 
 		if (sl->kind != SLOT_NEW)
 			continue;
@@ -284,8 +358,8 @@ static int batch_dedup(struct writer *w, struct err *e)
 			continue;
 		}
 		for (j = 0; j < i; j++) {
-			if (w->slots[j].kind == SLOT_NEW &&
-			    !memcmp(w->slots[j].id, sl->id, REC_ID_LEN)) {
+			if (w->cur->slots[j].kind == SLOT_NEW &&
+			    !memcmp(w->cur->slots[j].id, sl->id, REC_ID_LEN)) {
 				sl->kind = SLOT_DUP;
 				break;
 			}
@@ -294,48 +368,102 @@ static int batch_dedup(struct writer *w, struct err *e)
 	return 0;
 }
 
-/* Appends the batch in chunk order and records it in the manifest. */
-static int batch_commit(struct writer *w, struct disk_spec *ds, struct err *e)
+/* The appender's part: encrypt and append the new chunks in order. */
+static void batch_append(struct writer *w, struct batch *b)
 {
-	struct manifest_chunk c;
 	struct rec_hdr h;
-	uint32_t rlen;
-	uint64_t off;
+	size_t i;
+
+	b->rc = 0;
+	err_clear(&b->e);
+	for (i = 0; i < b->n; i++) {
+		struct slot *sl = &b->slots[i];
+
+		if (sl->kind == SLOT_NEW) {
+			if (w->no_append) {
+				b->rc = err_set(&b->e, -ENOSPC, "drive full");
+				break;
+			}
+			if (sl->blen < 0) {
+				b->rc = err_set(&b->e, (int)sl->blen, "compression failed");
+				break;
+			}
+			memset(&h, 0, sizeof(h));
+			h.type = REC_CHUNK;
+			h.flags = sl->flags;
+			memcpy(h.id, sl->id, REC_ID_LEN);
+			b->rc = store_append_body(w->d->store, w->d->codec, &h, sl->body,
+						  (size_t)sl->blen, sl->len, 0, &sl->off,
+						  &sl->rlen, &b->e);
+			if (b->rc < 0)
+				break;
+			sl->seq = h.seq;
+		}
+	}
+	b->done = i;
+}
+
+static void *appender_main(void *arg)
+{
+	struct writer *w = arg;
+	struct batch *b;
+
+	pthread_mutex_lock(&w->app_mu);
+	for (;;) {
+		while (!w->app_quit && !w->app_job)
+			pthread_cond_wait(&w->app_cv, &w->app_mu);
+		if (!w->app_job)
+			break;
+		b = w->app_job;
+		w->app_job = NULL;
+		pthread_mutex_unlock(&w->app_mu);
+		batch_append(w, b);
+		pthread_mutex_lock(&w->app_mu);
+		w->app_busy = 0;
+		pthread_cond_broadcast(&w->app_cv);
+	}
+	pthread_mutex_unlock(&w->app_mu);
+	return NULL;
+}
+
+static void appender_submit(struct writer *w, struct batch *b)
+{
+	pthread_mutex_lock(&w->app_mu);
+	w->app_job = b;
+	w->app_busy = 1;
+	pthread_cond_broadcast(&w->app_cv);
+	pthread_mutex_unlock(&w->app_mu);
+	w->inflight = b;
+}
+
+/* Records what the appender did with a batch in the manifest, in order. */
+static int batch_record(struct writer *w, struct batch *b, struct err *e)
+{
+	struct disk_spec *ds = b->ds;
+	struct manifest_chunk c;
 	size_t i;
 	int rc;
 
-	for (i = 0; i < w->nslots; i++) {
-		struct slot *sl = &w->slots[i];
+	for (i = 0; i < b->done; i++) {
+		struct slot *sl = &b->slots[i];
 
 		if (sl->kind == SLOT_ZERO) {
 			ds->zero_chunks++;
 			ds->md.zero_chunks++;
 		} else if (sl->kind == SLOT_NEW) {
-			if (w->no_append)
-				return err_set(e, -ENOSPC, "drive full");
-			if (sl->blen < 0)
-				return err_set(e, (int)sl->blen, "compression failed");
-			memset(&h, 0, sizeof(h));
-			h.type = REC_CHUNK;
-			h.flags = sl->flags;
-			memcpy(h.id, sl->id, REC_ID_LEN);
-			rc = store_append_body(w->d->store, w->d->codec, &h, sl->body,
-					       (size_t)sl->blen, sl->len, 0, &off, &rlen, e);
-			if (rc < 0)
-				return rc;
 			memcpy(c.id, sl->id, REC_ID_LEN);
-			c.off = off;
-			c.seq = h.seq;
-			c.rec_len = rlen;
+			c.off = sl->off;
+			c.seq = sl->seq;
+			c.rec_len = sl->rlen;
 			c.plain_len = sl->len;
 			c.gen = w->d->gen;
 			rc = manifest_chunk_put(w->d->man, &c, e);
 			if (rc < 0)
 				return rc;
 			ds->new_chunks++;
-			ds->new_bytes += rlen;
-			w->since_bytes += rlen;
-			w->total_appended += rlen;
+			ds->new_bytes += sl->rlen;
+			w->since_bytes += sl->rlen;
+			w->total_appended += sl->rlen;
 			w->since_rows++;
 		} else {
 			ds->dedup_chunks++;
@@ -350,36 +478,71 @@ static int batch_commit(struct writer *w, struct disk_spec *ds, struct err *e)
 		}
 		ds->md.done_off = sl->idx * ds->md.chunk_size + sl->len;
 	}
+	if (b->rc < 0) {
+		err_set(e, b->rc, "%s", b->e.msg);
+		return b->rc;
+	}
 	return 0;
+}
+
+/* Waits for the batch at the appender and records it. */
+static int batch_settle(struct writer *w, struct err *e)
+{
+	struct batch *b = w->inflight;
+	int rc;
+
+	if (!b)
+		return 0;
+	pthread_mutex_lock(&w->app_mu);
+	while (w->app_busy)
+		pthread_cond_wait(&w->app_cv, &w->app_mu);
+	pthread_mutex_unlock(&w->app_mu);
+	w->inflight = NULL;
+	rc = batch_record(w, b, e);
+	b->n = 0;
+	if (rc == 0)
+		progress_update(w->prog, b->ds->md.done_off);
+	return rc;
 }
 
 static int batch_run(struct writer *w, struct disk_spec *ds, struct err *e)
 {
+	struct batch *b = w->cur;
+	size_t i;
 	int rc;
 
-	if (!w->nslots)
-		return 0;
-	pool_run(w->pool, w->nslots, batch_hash, w);
+	if (!b->n)
+		return batch_settle(w, e);
+	b->ds = ds;
+	pool_run(w->pool, b->n, batch_hash, w);
+	for (i = 0; i < b->n; i++)
+		if (b->slots[i].unread && b->slots[i].rc < 0)
+			return err_set(e, b->slots[i].rc, "%s", b->slots[i].e.msg);
+	/* The previous batch's chunks must be in the manifest before dedup. */
+	rc = batch_settle(w, e);
+	if (rc < 0)
+		return rc;
+	if (w->since_bytes >= CKPT_BYTES || w->since_rows >= CKPT_ROWS ||
+	    util_now_ns() - w->since_ns >= CKPT_SECONDS * 1000000000ull) {
+		rc = writer_checkpoint(w, e);
+		if (rc < 0)
+			return rc;
+	}
 	rc = batch_dedup(w, e);
 	if (rc < 0)
 		return rc;
-	pool_run(w->pool, w->nslots, batch_compress, w);
-	rc = batch_commit(w, ds, e);
-	w->nslots = 0;
-	if (rc < 0)
-		return rc;
-	progress_update(w->prog, ds->md.done_off);
-	if (w->since_bytes >= CKPT_BYTES || w->since_rows >= CKPT_ROWS ||
-	    util_now_ns() - w->since_ns >= CKPT_SECONDS * 1000000000ull)
-		rc = writer_checkpoint(w, e);
-	return rc;
+	pool_run(w->pool, b->n, batch_compress, w);
+	appender_submit(w, b);
+	w->cur = b == &w->sets[0] ? &w->sets[1] : &w->sets[0];
+	w->cur->n = 0;
+	return 0;
 }
 
 static int seed_disk(struct writer *w, struct disk_spec *ds, struct err *e)
 {
 	struct extent_vec ev = { 0 };
 	uint32_t cs = ds->md.chunk_size;
-	uint64_t size = ds->md.size, idx, last_idx = UINT64_MAX;
+	uint64_t size = ds->md.size, idx, last_idx = UINT64_MAX, prefetched = 0;
 	size_t i, x = 0;
 	int rc;
 
@@ -391,7 +554,7 @@ static int seed_disk(struct writer *w, struct disk_spec *ds, struct err *e)
 		w->batch = 2;
 	if (w->batch > w->slots_alloc)
 		w->batch = w->slots_alloc;
-	w->nslots = 0;
+	w->cur->n = 0;
 	progress_item(w->prog, ds->name, size, ds->md.done_off);
 	for (i = 0; i < ev.n; i++) {
 		uint64_t first = ev.v[i].off / cs;
@@ -408,14 +571,34 @@ static int seed_disk(struct writer *w, struct disk_spec *ds, struct err *e)
 				rc = err_set(e, -EINTR, "interrupted");
 				goto out;
 			}
-			sl = &w->slots[w->nslots];
+			if (off + len > prefetched) {
+				/* Keep the kernel reading PREFETCH_BYTES ahead. */
+				img_prefetch(ds->img, off, PREFETCH_BYTES);
+				prefetched = off + PREFETCH_BYTES;
+			}
+			sl = &w->cur->slots[w->cur->n];
 			sl->idx = idx;
 			sl->len = len;
-			rc = read_chunk(w, ds, &ev, &x, off, len, sl->plain, e);
-			if (rc < 0)
-				goto out;
+			w->cur->ev = &ev;
+			if (ds->img->ops->parallel_read) {
+				/* Read by the hashing pool; paced and counted here. */
+				uint64_t n;
+
+				extent_cursor(&ev, &x, off);
+				n = chunk_data_bytes(&ev, x, off, len);
+				ratelimit_take(&w->rl, n);
+				ds->read_bytes += n;
+				ds->md.read_bytes += n;
+				sl->x = x;
+				sl->unread = 1;
+			} else {
+				sl->unread = 0;
+				rc = read_chunk(w, ds, &ev, &x, off, len, sl->plain, e);
+				if (rc < 0)
+					goto out;
+			}
 			last_idx = idx;
-			if (++w->nslots == w->batch) {
+			if (++w->cur->n == w->batch) {
 				rc = batch_run(w, ds, e);
 				if (rc < 0)
 					goto out;
@@ -423,6 +606,8 @@ static int seed_disk(struct writer *w, struct disk_spec *ds, struct err *e)
 		}
 	}
 	rc = batch_run(w, ds, e);
+	if (rc == 0)
+		rc = batch_settle(w, e);
 	if (rc < 0)
 		goto out;
 	/* Everything past the last data chunk is holes. */
@@ -439,7 +624,15 @@ static int seed_disk(struct writer *w, struct disk_spec *ds, struct err *e)
 		rc = writer_checkpoint(w, e);
 	progress_item_end(w->prog);
 out:
-	w->nslots = 0;
+	if (w->inflight) {
+		/* Record what the appender wrote, keeping the first error. */
+		struct err e2 = { 0 };
+		int rc2 = batch_settle(w, rc < 0 ? &e2 : e);
+
+		if (rc == 0)
+			rc = rc2;
+	}
+	w->cur->n = 0;
 	free(ev.v);
 	return rc;
 }
@@ -624,7 +817,7 @@ static int writer_buffers(struct writer *w, unsigned threads, int level,
 			  struct err *e)
 {
 	uint32_t max_cs = CHUNK_MIN;
-	size_t i, n;
+	size_t i, n, k;
 	int rc;
 
 	for (i = 0; i < w->ndisks; i++)
@@ -647,28 +840,47 @@ static int writer_buffers(struct writer *w, unsigned threads, int level,
 	if (n > MAX_SLOTS)
 		n = MAX_SLOTS;
 	w->slots_alloc = n;
-	w->slots = calloc(n, sizeof(*w->slots));
-	if (!w->slots)
-		return err_set(e, -ENOMEM, "out of memory");
 	w->body_cap = codec_bound(max_cs);
-	for (i = 0; i < n; i++) {
-		w->slots[i].plain = malloc(max_cs);
-		w->slots[i].body = malloc(w->body_cap);
-		if (!w->slots[i].plain || !w->slots[i].body)
+	for (k = 0; k < 2; k++) {
+		w->sets[k].slots = calloc(n, sizeof(*w->sets[k].slots));
+		if (!w->sets[k].slots)
 			return err_set(e, -ENOMEM, "out of memory");
+		for (i = 0; i < n; i++) {
+			w->sets[k].slots[i].plain = malloc(max_cs);
+			w->sets[k].slots[i].body = malloc(w->body_cap);
+			if (!w->sets[k].slots[i].plain || !w->sets[k].slots[i].body)
+				return err_set(e, -ENOMEM, "out of memory");
+		}
 	}
+	w->cur = &w->sets[0];
+	pthread_mutex_init(&w->app_mu, NULL);
+	pthread_cond_init(&w->app_cv, NULL);
+	if (pthread_create(&w->app_tid, NULL, appender_main, w) != 0)
+		return err_set(e, -EAGAIN, "cannot start the appender thread");
+	w->app_started = 1;
 	return 0;
 }
 
 static void writer_free_buffers(struct writer *w)
 {
-	size_t i;
+	size_t i, k;
 
-	for (i = 0; w->slots && i < w->slots_alloc; i++) {
-		free(w->slots[i].plain);
-		free(w->slots[i].body);
+	if (w->app_started) {
+		pthread_mutex_lock(&w->app_mu);
+		w->app_quit = 1;
+		pthread_cond_broadcast(&w->app_cv);
+		pthread_mutex_unlock(&w->app_mu);
+		pthread_join(w->app_tid, NULL);
+		pthread_mutex_destroy(&w->app_mu);
+		pthread_cond_destroy(&w->app_cv);
 	}
-	free(w->slots);
+	for (k = 0; k < 2; k++) {
+		for (i = 0; w->sets[k].slots && i < w->slots_alloc; i++) {
+			free(w->sets[k].slots[i].plain);
+			free(w->sets[k].slots[i].body);
+		}
+		free(w->sets[k].slots);
+	}
 	for (i = 0; w->codecs && w->pool && i < pool_threads(w->pool); i++)
 		codec_free(w->codecs[i]);
 	free(w->codecs);
