@@ -88,7 +88,38 @@ int rec_hdr_parse(const uint8_t in[REC_HDR_LEN], struct rec_hdr *h,
 
 void rec_digest(const uint8_t *rec, size_t len, uint8_t out[REC_DIGEST_LEN])
 {
-	crypto_generichash(out, REC_DIGEST_LEN, rec, len, NULL, 0);
+	crypto_generichash_state st;
+
+	crypto_generichash_init(&st, NULL, 0, REC_DIGEST_LEN);
+	crypto_generichash_update(&st, rec, 64);
+	crypto_generichash_update(&st, rec + 96, 24);
+	if (len > REC_HDR_LEN)
+		crypto_generichash_update(&st, rec + REC_HDR_LEN, len - REC_HDR_LEN);
+	crypto_generichash_final(&st, out, REC_DIGEST_LEN);
+}
+
+void rec_link(const uint8_t prev[REC_DIGEST_LEN],
+	      const uint8_t digest[REC_DIGEST_LEN], uint8_t out[REC_DIGEST_LEN])
+{
+	uint8_t in[2 * REC_DIGEST_LEN];
+
+	memcpy(in, prev, REC_DIGEST_LEN);
+	memcpy(in + REC_DIGEST_LEN, digest, REC_DIGEST_LEN);
+	crypto_generichash(out, REC_DIGEST_LEN, in, sizeof(in), NULL, 0);
+}
+
+static void rec_hdr_sum(uint8_t *hdr)
+{
+	uint8_t sum[crypto_generichash_BYTES_MIN];
+
+	crypto_generichash(sum, sizeof(sum), hdr, 120, NULL, 0);
+	memcpy(hdr + 120, sum, 8);
+}
+
+void rec_set_prev(uint8_t *rec, const uint8_t prev[REC_DIGEST_LEN])
+{
+	memcpy(rec + 64, prev, REC_DIGEST_LEN);
+	rec_hdr_sum(rec);
 }
 
 int codec_new(const struct keys *k, const uint8_t uuid[16], int level,
@@ -150,7 +181,7 @@ static void codec_ad(const struct codec *c, const uint8_t hdr[REC_HDR_LEN],
 		     uint8_t ad[REC_AD_LEN])
 {
 	memcpy(ad, c->uuid, 16);
-	memcpy(ad + 16, hdr, 96);
+	memcpy(ad + 16, hdr, 64);
 }
 
 ssize_t codec_compress(struct codec *c, const uint8_t *plain, size_t plen,

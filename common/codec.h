@@ -3,11 +3,18 @@
  * the wire (docs/FORMAT.md "Records").
  *
  * A record is a 128-byte header followed by an XChaCha20-Poly1305 payload.
- * The associated data binds the drive UUID and every header field before the
- * nonce (type, flags, key id, lengths, sequence number, id, previous-record
- * digest), so a record cannot be altered, swapped, moved or replayed from
- * another drive without failing authentication. Payloads are zstd-compressed
- * when that saves space. Opening verifies first, then decompresses.
+ * The associated data binds the drive UUID and the header fields type,
+ * flags, key id, lengths, sequence number, aux and id, so a record cannot be
+ * altered, swapped, moved or replayed from another drive without failing
+ * authentication. Payloads are zstd-compressed when that saves space.
+ * Opening verifies first, then decompresses.
+ *
+ * Records are also chained without any key: each has a digest (BLAKE2b of
+ * its header without the prev field, and its payload), and the chain link
+ * after record n is BLAKE2b(link n-1 || digest n); record n's header carries
+ * link n-1 in prev. Digests do not depend on the chain, so they and the
+ * encryption can be computed on any thread; only the 64-byte link hash is
+ * serial.
  */
 #ifndef FERRY_CODEC_H
 #define FERRY_CODEC_H
@@ -20,7 +27,7 @@
 #include "keys.h"
 
 #define REC_HDR_LEN 128
-#define REC_AD_LEN (16 + 96)
+#define REC_AD_LEN (16 + 64)
 #define REC_ID_LEN 32
 #define REC_DIGEST_LEN 32
 #define REC_NONCE_LEN 24
@@ -53,7 +60,7 @@ struct rec_hdr {
 	uint32_t aux;
 	uint64_t seq;
 	uint8_t id[REC_ID_LEN];
-	uint8_t prev[REC_DIGEST_LEN];
+	uint8_t prev[REC_DIGEST_LEN]; /* chain link before this record */
 	uint8_t nonce[REC_NONCE_LEN];
 };
 
@@ -71,8 +78,14 @@ static inline uint64_t rec_total_len(const struct rec_hdr *h)
 {
 	return (uint64_t)REC_HDR_LEN + h->payload_len;
 }
-/* Digest of a whole record (header and payload): the next record's prev. */
+/* A record's digest: header bytes 0..63 and 96..119 (all but prev and the
+ * header checksum) and the payload. Independent of the chain. */
 void rec_digest(const uint8_t *rec, size_t len, uint8_t out[REC_DIGEST_LEN]);
+/* The chain link after a record: BLAKE2b(prev link || its digest). */
+void rec_link(const uint8_t prev[REC_DIGEST_LEN],
+	      const uint8_t digest[REC_DIGEST_LEN], uint8_t out[REC_DIGEST_LEN]);
+/* Writes the prev link into an encoded record's header (and its checksum). */
+void rec_set_prev(uint8_t *rec, const uint8_t prev[REC_DIGEST_LEN]);
 
 struct codec;
 
@@ -86,7 +99,8 @@ size_t codec_bound(size_t plen);
 
 /*
  * Encodes a record into out (capacity >= codec_bound(plen)). The caller sets
- * h->type, h->seq, h->id, h->prev, h->aux, h->key_id and flags REC_F_LAST /
+ * h->type, h->seq, h->id, h->aux, h->key_id (h->prev may be set later with
+ * rec_set_prev: it is not authenticated by the AEAD) and flags REC_F_LAST /
  * REC_F_META; the codec sets REC_F_ZSTD when compression pays, plain_len,
  * payload_len and a random nonce. Returns the record length or -errno.
  */

@@ -103,7 +103,7 @@ unsigned pool_threads(const struct pool *p)
 	return p->n;
 }
 
-void pool_run(struct pool *p, size_t n, pool_fn fn, void *opaque)
+void pool_start(struct pool *p, size_t n, pool_fn fn, void *opaque)
 {
 	pthread_mutex_lock(&p->mu);
 	p->fn = fn;
@@ -114,11 +114,21 @@ void pool_run(struct pool *p, size_t n, pool_fn fn, void *opaque)
 	p->round++;
 	pthread_cond_broadcast(&p->go);
 	pthread_mutex_unlock(&p->mu);
+}
+
+void pool_wait(struct pool *p)
+{
 	pool_drain(p, 0);
 	pthread_mutex_lock(&p->mu);
 	while (p->busy)
 		pthread_cond_wait(&p->done, &p->mu);
 	pthread_mutex_unlock(&p->mu);
+}
+
+void pool_run(struct pool *p, size_t n, pool_fn fn, void *opaque)
+{
+	pool_start(p, n, fn, opaque);
+	pool_wait(p);
 }
 
 void pool_free(struct pool *p)

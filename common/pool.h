@@ -22,6 +22,14 @@ int pool_new(unsigned threads, struct pool **out, struct err *e);
 unsigned pool_threads(const struct pool *p);
 /* Runs fn over items 0..n-1 and returns when all are done. */
 void pool_run(struct pool *p, size_t n, pool_fn fn, void *opaque);
+/*
+ * The same in two steps, so the caller can do other work while the workers
+ * start: pool_start hands the items to the workers and returns at once;
+ * pool_wait makes the caller work on what is left and returns when all
+ * items are done. With no worker threads, pool_wait does everything.
+ */
+void pool_start(struct pool *p, size_t n, pool_fn fn, void *opaque);
+void pool_wait(struct pool *p);
 void pool_free(struct pool *p);
 
 #endif

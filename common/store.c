@@ -397,6 +397,9 @@ static int store_drain(struct store *s, struct err *e)
 		return err_set(e, rc, "%s: write at %llu: %s", s->path,
 			       (unsigned long long)s->wbuf_off, strerror(-rc));
 	}
+	/* Start write-back now, so the sync at the next commit has little
+	 * left to wait for and seeding does not stall on it. */
+	sync_file_range(s->fd, (off64_t)s->wbuf_off, (off64_t)s->wlen, SYNC_FILE_RANGE_WRITE);
 	s->wbuf_off = end;
 	s->wlen = 0;
 	return 0;
@@ -422,13 +425,16 @@ static int store_took(struct store *s, ssize_t n, int ignore_limit,
 		      uint64_t *off, uint32_t *len, struct err *e)
 {
 	uint64_t limit = ignore_limit ? s->sb.device_size : s->sb.log_limit, end;
+	uint8_t digest[REC_DIGEST_LEN];
 
 	if (n < 0)
 		return (int)n;
 	if (ck_add(s->tail, (uint64_t)n, &end) || end > limit)
 		return err_set(e, -ENOSPC, "drive full: %llu bytes free",
 			       (unsigned long long)(limit > s->tail ? limit - s->tail : 0));
-	rec_digest(s->wbuf + s->wlen, (size_t)n, s->prev);
+	rec_set_prev(s->wbuf + s->wlen, s->prev);
+	rec_digest(s->wbuf + s->wlen, (size_t)n, digest);
+	rec_link(s->prev, digest, s->prev);
 	*off = s->tail;
 	*len = (uint32_t)n;
 	s->wlen += (size_t)n;
@@ -450,6 +456,39 @@ int store_append(struct store *s, struct codec *c, struct rec_hdr *h,
 	return store_took(s, codec_seal(c, h, plain, plen, s->wbuf + s->wlen,
 					codec_bound(plen), e),
 			  ignore_limit, off, len, e);
+}
+
+uint64_t store_next_seq(const struct store *s)
+{
+	return s->next_seq;
+}
+
+int store_append_sealed(struct store *s, const uint8_t *rec, size_t len,
+			uint64_t seq, const uint8_t digest[REC_DIGEST_LEN],
+			int ignore_limit, uint64_t *off, struct err *e)
+{
+	uint64_t limit = ignore_limit ? s->sb.device_size : s->sb.log_limit, end;
+	int rc;
+
+	if (seq != s->next_seq)
+		return err_set(e, -EINVAL, "store: record %llu appended when %llu is next",
+			       (unsigned long long)seq, (unsigned long long)s->next_seq);
+	if (len < REC_HDR_LEN || len > REC_HDR_LEN + REC_MAX_PAYLOAD)
+		return err_set(e, -EMSGSIZE, "store: record of %zu bytes", len);
+	rc = store_room(s, len, e);
+	if (rc < 0)
+		return rc;
+	if (ck_add(s->tail, (uint64_t)len, &end) || end > limit)
+		return err_set(e, -ENOSPC, "drive full: %llu bytes free",
+			       (unsigned long long)(limit > s->tail ? limit - s->tail : 0));
+	memcpy(s->wbuf + s->wlen, rec, len);
+	rec_set_prev(s->wbuf + s->wlen, s->prev);
+	rec_link(s->prev, digest, s->prev);
+	*off = s->tail;
+	s->wlen += len;
+	s->tail = end;
+	s->next_seq++;
+	return 0;
 }
 
 int store_append_body(struct store *s, struct codec *c, struct rec_hdr *h,
@@ -614,7 +653,8 @@ int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
 				     (unsigned long long)h.seq,
 				     (unsigned long long)pos->seq);
 		if (rc == 0 && sodium_memcmp(h.prev, pos->prev, REC_DIGEST_LEN) != 0)
-			rc = err_set(&e1, -EBADMSG, "record does not chain to the one before");
+			rc = err_set(&e1, -EBADMSG,
+				     "record does not chain: it or the record before it is damaged");
 		need = rec_total_len(&h);
 		if (rc == 0 && pos->off + need > end)
 			rc = err_set(&e1, -EBADMSG, "record runs past the end of the log");
@@ -656,7 +696,12 @@ int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
 				rc = 0;
 			break;
 		}
-		rec_digest(buf + rel, (size_t)need, pos->prev);
+		{
+			uint8_t digest[REC_DIGEST_LEN];
+
+			rec_digest(buf + rel, (size_t)need, digest);
+			rec_link(pos->prev, digest, pos->prev);
+		}
 		pos->off += need;
 		pos->seq++;
 	}

@@ -7,9 +7,9 @@
  *     before the superblock naming that log_end was written.
  *  2. The superblock with the highest valid sequence number wins; a torn
  *     superblock write leaves the other copy intact.
- *  3. Records form a chain: record n's header carries the digest of record
- *     n-1 and its sequence number is n, so stale records past the tail of
- *     an interrupted run never pass for new ones.
+ *  3. Records form a chain: record n's header carries the chain link after
+ *     record n-1 (codec.h) and its sequence number is n, so stale records
+ *     past the tail of an interrupted run never pass for new ones.
  *  4. Appends never pass log_limit; the space between log_limit and the end
  *     of the device is reserved for the final checkpoint and the seal.
  *  5. A sealed drive refuses appends of chunk records.
@@ -53,7 +53,7 @@ struct sb {
 	uint64_t next_rec;        /* sequence number of the next record */
 	uint64_t ckpt_off;        /* first part of the newest checkpoint, 0: none */
 	uint64_t ckpt_gen;        /* generation of that checkpoint */
-	uint8_t tail[REC_DIGEST_LEN]; /* digest of the record ending at log_end */
+	uint8_t tail[REC_DIGEST_LEN]; /* chain link after the record ending at log_end */
 	uint8_t set_id[16];       /* drive set (k of n), zero when alone */
 	uint16_t set_index;
 	uint16_t set_count;
@@ -103,6 +103,16 @@ uint64_t store_free_total(const struct store *s);
 int store_append(struct store *s, struct codec *c, struct rec_hdr *h,
 		 const uint8_t *plain, size_t plen, int ignore_limit,
 		 uint64_t *off, uint32_t *len, struct err *e);
+/*
+ * Appends a record already encoded elsewhere (codec_seal_body on another
+ * thread, with h->seq = seq) whose digest (rec_digest) is known: only the
+ * chain link is computed here. seq must be store_next_seq(); -EINVAL if not.
+ */
+int store_append_sealed(struct store *s, const uint8_t *rec, size_t len,
+			uint64_t seq, const uint8_t digest[REC_DIGEST_LEN],
+			int ignore_limit, uint64_t *off, struct err *e);
+/* Sequence number the next appended record must carry. */
+uint64_t store_next_seq(const struct store *s);
 /* Same with a body prepared by codec_compress (flags carries REC_F_ZSTD). */
 int store_append_body(struct store *s, struct codec *c, struct rec_hdr *h,
 		      const uint8_t *body, size_t blen, size_t plen,

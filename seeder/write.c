@@ -74,12 +74,12 @@ struct slot {
 	enum slot_kind kind;
 	uint8_t id[REC_ID_LEN];
 	uint8_t flags;
-	ssize_t blen;
+	ssize_t rlen;             /* encoded record length, or -errno */
 	uint8_t *plain;           /* max chunk size */
-	uint8_t *body;            /* body_cap bytes */
+	uint8_t *rec;             /* body_cap bytes: the encoded record */
+	uint8_t digest[REC_DIGEST_LEN];
+	uint64_t seq;             /* assigned before encoding */
 	uint64_t off;             /* set by the appender */
-	uint64_t seq;
-	uint32_t rlen;
 	size_t x;                 /* first extent that may overlap */
 	int unread;               /* to be read by the hashing pool */
 	int rc;                   /* read result */
@@ -251,19 +251,23 @@ static uint64_t chunk_data_bytes(const struct extent_vec *ev, size_t x,
 static int chunk_read(struct img *im, const struct extent_vec *ev, size_t x,
 		      uint64_t off, uint32_t len, uint8_t *buf, struct err *e)
 {
-	uint64_t end = off + len;
+	uint64_t end = off + len, pos = off;
 	size_t i;
 	int rc;
 
-	memset(buf, 0, len);
 	for (i = x; i < ev->n && ev->v[i].off < end; i++) {
 		uint64_t a = ev->v[i].off > off ? ev->v[i].off : off;
 		uint64_t b = ev->v[i].off + ev->v[i].len < end ? ev->v[i].off + ev->v[i].len : end;
 
+		if (a > pos)
+			memset(buf + (pos - off), 0, (size_t)(a - pos));  /* a hole */
 		rc = img_read_at(im, buf + (a - off), (size_t)(b - a), a, e);
 		if (rc < 0)
 			return err_prefix(e, "%s", im->path);
+		pos = b;
 	}
+	if (pos < end)
+		memset(buf + (pos - off), 0, (size_t)(end - pos));
 	return 0;
 }
 
@@ -325,17 +329,28 @@ static void batch_hash(void *opaque, size_t i, unsigned thread)
 		codec_chunk_id(w->d->keys, sl->plain, sl->len, sl->id);
 }
 
-/* Compression of new chunks, with the thread's own codec. */
-static void batch_compress(void *opaque, size_t i, unsigned thread)
+/* Compression, encryption and digest of new chunks, with the thread's own
+ * codec: everything about a record but its place in the chain. */
+static void batch_encode(void *opaque, size_t i, unsigned thread)
 {
 	struct writer *w = opaque;
 	struct slot *sl = &w->cur->slots[i];
+	struct rec_hdr h;
+	ssize_t blen;
 
 	if (sl->kind != SLOT_NEW)
 		return;
-	sl->flags = 0;
-	sl->blen = codec_compress(w->codecs[thread], sl->plain, sl->len, sl->body,
-				  w->body_cap, &sl->flags);
+	memset(&h, 0, sizeof(h));
+	h.type = REC_CHUNK;
+	h.seq = sl->seq;
+	memcpy(h.id, sl->id, REC_ID_LEN);
+	blen = codec_compress(w->codecs[thread], sl->plain, sl->len,
+			      sl->rec + REC_HDR_LEN,
+			      w->body_cap - REC_HDR_LEN - REC_TAG_LEN, &h.flags);
+	sl->rlen = blen < 0 ? blen :
+		codec_seal_body(w->codecs[thread], &h, sl->rec, (size_t)blen, sl->len, NULL);
+	if (sl->rlen > 0)
+		rec_digest(sl->rec, (size_t)sl->rlen, sl->digest);
 }
 
 /* Decides which slots are new: not on the drive, not earlier in the batch. */
@@ -368,10 +383,9 @@ static int batch_dedup(struct writer *w, struct err *e)
 	return 0;
 }
 
-/* The appender's part: encrypt and append the new chunks in order. */
+/* The appender's part: chain and append the new records in order. */
 static void batch_append(struct writer *w, struct batch *b)
 {
-	struct rec_hdr h;
 	size_t i;
 
 	b->rc = 0;
@@ -384,20 +398,14 @@ static void batch_append(struct writer *w, struct batch *b)
 				b->rc = err_set(&b->e, -ENOSPC, "drive full");
 				break;
 			}
-			if (sl->blen < 0) {
-				b->rc = err_set(&b->e, (int)sl->blen, "compression failed");
+			if (sl->rlen < 0) {
+				b->rc = err_set(&b->e, (int)sl->rlen, "encoding a chunk failed");
 				break;
 			}
-			memset(&h, 0, sizeof(h));
-			h.type = REC_CHUNK;
-			h.flags = sl->flags;
-			memcpy(h.id, sl->id, REC_ID_LEN);
-			b->rc = store_append_body(w->d->store, w->d->codec, &h, sl->body,
-						  (size_t)sl->blen, sl->len, 0, &sl->off,
-						  &sl->rlen, &b->e);
+			b->rc = store_append_sealed(w->d->store, sl->rec, (size_t)sl->rlen,
+						    sl->seq, sl->digest, 0, &sl->off, &b->e);
 			if (b->rc < 0)
 				break;
-			sl->seq = h.seq;
 		}
 	}
 	b->done = i;
@@ -454,16 +462,16 @@ static int batch_record(struct writer *w, struct batch *b, struct err *e)
 			memcpy(c.id, sl->id, REC_ID_LEN);
 			c.off = sl->off;
 			c.seq = sl->seq;
-			c.rec_len = sl->rlen;
+			c.rec_len = (uint32_t)sl->rlen;
 			c.plain_len = sl->len;
 			c.gen = w->d->gen;
 			rc = manifest_chunk_put(w->d->man, &c, e);
 			if (rc < 0)
 				return rc;
 			ds->new_chunks++;
-			ds->new_bytes += sl->rlen;
-			w->since_bytes += sl->rlen;
-			w->total_appended += sl->rlen;
+			ds->new_bytes += (uint64_t)sl->rlen;
+			w->since_bytes += (uint64_t)sl->rlen;
+			w->total_appended += (uint64_t)sl->rlen;
 			w->since_rows++;
 		} else {
 			ds->dedup_chunks++;
@@ -508,20 +516,23 @@ static int batch_settle(struct writer *w, struct err *e)
 static int batch_run(struct writer *w, struct disk_spec *ds, struct err *e)
 {
 	struct batch *b = w->cur;
+	uint64_t seq;
 	size_t i;
 	int rc;
 
 	if (!b->n)
 		return batch_settle(w, e);
 	b->ds = ds;
-	pool_run(w->pool, b->n, batch_hash, w);
+	/* The workers read and hash this batch while the previous one is
+	 * recorded (its chunks must be in the manifest before dedup). */
+	pool_start(w->pool, b->n, batch_hash, w);
+	rc = batch_settle(w, e);
+	pool_wait(w->pool);
+	if (rc < 0)
+		return rc;
 	for (i = 0; i < b->n; i++)
 		if (b->slots[i].unread && b->slots[i].rc < 0)
 			return err_set(e, b->slots[i].rc, "%s", b->slots[i].e.msg);
-	/* The previous batch's chunks must be in the manifest before dedup. */
-	rc = batch_settle(w, e);
-	if (rc < 0)
-		return rc;
 	if (w->since_bytes >= CKPT_BYTES || w->since_rows >= CKPT_ROWS ||
 	    util_now_ns() - w->since_ns >= CKPT_SECONDS * 1000000000ull) {
 		rc = writer_checkpoint(w, e);
@@ -531,7 +542,13 @@ static int batch_run(struct writer *w, struct disk_spec *ds, struct err *e)
 	rc = batch_dedup(w, e);
 	if (rc < 0)
 		return rc;
-	pool_run(w->pool, b->n, batch_compress, w);
+	/* Sequence numbers now, so records can be encrypted on any thread:
+	 * the appender is idle and nothing else appends until it runs. */
+	seq = store_next_seq(w->d->store);
+	for (i = 0; i < b->n; i++)
+		if (b->slots[i].kind == SLOT_NEW)
+			b->slots[i].seq = seq++;
+	pool_run(w->pool, b->n, batch_encode, w);
 	appender_submit(w, b);
 	w->cur = b == &w->sets[0] ? &w->sets[1] : &w->sets[0];
 	w->cur->n = 0;
@@ -847,8 +864,8 @@ static int writer_buffers(struct writer *w, unsigned threads, int level,
 			return err_set(e, -ENOMEM, "out of memory");
 		for (i = 0; i < n; i++) {
 			w->sets[k].slots[i].plain = malloc(max_cs);
-			w->sets[k].slots[i].body = malloc(w->body_cap);
-			if (!w->sets[k].slots[i].plain || !w->sets[k].slots[i].body)
+			w->sets[k].slots[i].rec = malloc(w->body_cap);
+			if (!w->sets[k].slots[i].plain || !w->sets[k].slots[i].rec)
 				return err_set(e, -ENOMEM, "out of memory");
 		}
 	}
@@ -877,7 +894,7 @@ static void writer_free_buffers(struct writer *w)
 	for (k = 0; k < 2; k++) {
 		for (i = 0; w->sets[k].slots && i < w->slots_alloc; i++) {
 			free(w->sets[k].slots[i].plain);
-			free(w->sets[k].slots[i].body);
+			free(w->sets[k].slots[i].rec);
 		}
 		free(w->sets[k].slots);
 	}

@@ -4,8 +4,9 @@
 #   --if-missing  only when a package is missing (make check, make demo)
 set -e
 PKGS="build-essential pkg-config libsodium-dev libzstd-dev libsqlite3-dev
-libcryptsetup-dev libblkid-dev libjansson-dev cryptsetup-bin e2fsprogs
-sqlite3 util-linux restic zstd"
+libcryptsetup-dev libblkid-dev libjansson-dev zlib1g-dev libnbd-dev
+cryptsetup-bin e2fsprogs sqlite3 util-linux restic zstd time python3
+qemu-utils nbdkit libnbd-bin clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
