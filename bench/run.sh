@@ -508,10 +508,10 @@ verdict() {
 }
 calc() { awk "BEGIN { $1 }"; } # calc 'printf "%.1f", 1 / 3'
 if [ "$SEED_OK" = 1 ] && [ "$RESTIC_OK" = 1 ]; then
-	speed=$(calc "printf \"%.1f\", $RESTIC_WALL / $SEED_WALL")
+	speed=$(calc "printf \"%.2f\", $RESTIC_WALL / $SEED_WALL")
 	echo "ferry seed vs restic backup: ${speed}x faster ($SEED_WALL s vs $RESTIC_WALL s)," \
 		"bytes $SEED_BYTES vs $RESTIC_BYTES ($(calc "printf \"%.1f%%\", 100 * $SEED_BYTES / $RESTIC_BYTES") of restic's)"
-	verdict "seed >= 2x faster than restic backup" "$(calc "print ($speed >= 2)")" "(${speed}x)"
+	verdict "seed >= 2x faster than restic backup" "$(calc "print ($RESTIC_WALL / $SEED_WALL >= 2)")" "(${speed}x)"
 	verdict "bytes on drive <= restic's" "$(calc "print ($SEED_BYTES <= $RESTIC_BYTES)")"
 else
 	echo "ferry seed vs restic backup: not compared (a step did not complete; see PROBLEMS)"
