@@ -23,7 +23,7 @@ B := build
 SANFLAGS :=
 endif
 
-PKGS := libsodium libzstd sqlite3 libcryptsetup blkid jansson libnbd zlib
+PKGS := libsodium libzstd sqlite3 libcryptsetup blkid jansson libnbd zlib libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

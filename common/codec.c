@@ -5,6 +5,8 @@
  */
 #include "codec.h"
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,26 +88,37 @@ int rec_hdr_parse(const uint8_t in[REC_HDR_LEN], struct rec_hdr *h,
 	return 0;
 }
 
+/*
+ * Bulk hashing (chunk ids, record digests) is SHA-256 from OpenSSL's
+ * libcrypto, which uses the CPU's SHA extensions: about 1.7 times the speed
+ * of libsodium's BLAKE2b on the reference machine (docs/FORMAT.md "Chunks").
+ * The one-shot calls below cannot fail with these arguments short of
+ * memory exhaustion, which they report by leaving out zeroed.
+ */
 void rec_digest(const uint8_t *rec, size_t len, uint8_t out[REC_DIGEST_LEN])
 {
-	crypto_generichash_state st;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned int n = 0;
 
-	crypto_generichash_init(&st, NULL, 0, REC_DIGEST_LEN);
-	crypto_generichash_update(&st, rec, 64);
-	crypto_generichash_update(&st, rec + 96, 24);
-	if (len > REC_HDR_LEN)
-		crypto_generichash_update(&st, rec + REC_HDR_LEN, len - REC_HDR_LEN);
-	crypto_generichash_final(&st, out, REC_DIGEST_LEN);
+	if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) ||
+	    !EVP_DigestUpdate(ctx, rec, 64) || !EVP_DigestUpdate(ctx, rec + 96, 24) ||
+	    (len > REC_HDR_LEN &&
+	     !EVP_DigestUpdate(ctx, rec + REC_HDR_LEN, len - REC_HDR_LEN)) ||
+	    !EVP_DigestFinal_ex(ctx, out, &n))
+		memset(out, 0, REC_DIGEST_LEN);
+	EVP_MD_CTX_free(ctx);
 }
 
 void rec_link(const uint8_t prev[REC_DIGEST_LEN],
 	      const uint8_t digest[REC_DIGEST_LEN], uint8_t out[REC_DIGEST_LEN])
 {
 	uint8_t in[2 * REC_DIGEST_LEN];
+	unsigned int n = 0;
 
 	memcpy(in, prev, REC_DIGEST_LEN);
 	memcpy(in + REC_DIGEST_LEN, digest, REC_DIGEST_LEN);
-	crypto_generichash(out, REC_DIGEST_LEN, in, sizeof(in), NULL, 0);
+	if (!EVP_Digest(in, sizeof(in), out, &n, EVP_sha256(), NULL))
+		memset(out, 0, REC_DIGEST_LEN);
 }
 
 static void rec_hdr_sum(uint8_t *hdr)
@@ -285,7 +298,11 @@ ssize_t codec_open(struct codec *c, const struct rec_hdr *h,
 void codec_chunk_id(const struct keys *k, const uint8_t *data, size_t len,
 		    uint8_t id[REC_ID_LEN])
 {
-	crypto_generichash(id, REC_ID_LEN, data, len, k->id_key, KEYS_KEY_LEN);
+	static const uint8_t empty;
+	unsigned int n = 0;
+
+	if (!HMAC(EVP_sha256(), k->id_key, KEYS_KEY_LEN, len ? data : &empty, len, id, &n))
+		memset(id, 0, REC_ID_LEN);
 }
 
 int codec_is_zero(const uint8_t *buf, size_t len)

@@ -9,9 +9,9 @@
  * authentication. Payloads are zstd-compressed when that saves space.
  * Opening verifies first, then decompresses.
  *
- * Records are also chained without any key: each has a digest (BLAKE2b of
+ * Records are also chained without any key: each has a digest (SHA-256 of
  * its header without the prev field, and its payload), and the chain link
- * after record n is BLAKE2b(link n-1 || digest n); record n's header carries
+ * after record n is SHA-256(link n-1 || digest n); record n's header carries
  * link n-1 in prev. Digests do not depend on the chain, so they and the
  * encryption can be computed on any thread; only the 64-byte link hash is
  * serial.
@@ -81,7 +81,7 @@ static inline uint64_t rec_total_len(const struct rec_hdr *h)
 /* A record's digest: header bytes 0..63 and 96..119 (all but prev and the
  * header checksum) and the payload. Independent of the chain. */
 void rec_digest(const uint8_t *rec, size_t len, uint8_t out[REC_DIGEST_LEN]);
-/* The chain link after a record: BLAKE2b(prev link || its digest). */
+/* The chain link after a record: SHA-256(prev link || its digest). */
 void rec_link(const uint8_t prev[REC_DIGEST_LEN],
 	      const uint8_t digest[REC_DIGEST_LEN], uint8_t out[REC_DIGEST_LEN]);
 /* Writes the prev link into an encoded record's header (and its checksum). */
@@ -131,7 +131,7 @@ ssize_t codec_open(struct codec *c, const struct rec_hdr *h,
 		   const uint8_t *payload, uint8_t *plain, size_t cap,
 		   struct err *e);
 
-/* Keyed chunk id of data (BLAKE2b-256 with keys->id_key). */
+/* Keyed chunk id of data: HMAC-SHA-256 with keys->id_key. */
 void codec_chunk_id(const struct keys *k, const uint8_t *data, size_t len,
 		    uint8_t id[REC_ID_LEN]);
 /* 1 when every byte of buf is zero. */

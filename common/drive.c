@@ -23,7 +23,7 @@
 #include "bytes.h"
 #include "util.h"
 
-#define DRIVE_ZSTD_LEVEL 3
+#define DRIVE_ZSTD_LEVEL 2
 #define CKPT_MAX_BYTES (1u << 30)
 
 static int drive_read_open(struct drive *d, uint64_t off, uint8_t *rec,

@@ -158,7 +158,7 @@ static void usage(FILE *f)
 		"  --chunk-size S        chunk size for new disks, a power of two from 4K\n"
 		"                        to 4M (default 64K)\n"
 		"  --max-read-rate R     cap reads from the sources at R bytes/s (e.g. 100M)\n"
-		"  --level N             zstd level 1-19 (default 3)\n"
+		"  --level N             zstd level 1-19 (default 2)\n"
 		"  --threads N           hashing and compression threads (default: one per CPU)\n"
 		"  --fill                seed as much as fits instead of refusing when the\n"
 		"                        estimate exceeds the free space; stops cleanly when\n"
@@ -1029,7 +1029,7 @@ int seed_write_main(int argc, char **argv)
 	char mpath[4400];
 	struct err e = { 0 };
 	uint64_t v, rate = 0, need = 0, t0 = util_now_ns();
-	uint64_t level = 3, threads = 0;
+	uint64_t level = 2, threads = 0;
 	int opt, rc = 0, status = EXIT_FAIL, fill = 0;
 	size_t i;
 	struct sigaction sa;

@@ -4,7 +4,7 @@
 #   --if-missing  only when a package is missing (make check, make demo)
 set -e
 PKGS="build-essential pkg-config libsodium-dev libzstd-dev libsqlite3-dev
-libcryptsetup-dev libblkid-dev libjansson-dev zlib1g-dev libnbd-dev
+libcryptsetup-dev libblkid-dev libjansson-dev zlib1g-dev libnbd-dev libssl-dev
 cryptsetup-bin e2fsprogs sqlite3 util-linux restic zstd time python3
 qemu-utils nbdkit libnbd-bin clang libclang-rt-14-dev"
 missing=""
