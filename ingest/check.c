@@ -293,11 +293,20 @@ int ingest_log_check(struct drive *d, struct ingest_bufs *b,
 ssize_t ingest_chunk_load(struct drive *d, const struct manifest_chunk *c,
 			  struct ingest_bufs *b, int check_id, struct err *e)
 {
+	return ingest_chunk_load_with(d, d->codec, c, b->rec, REC_HDR_LEN + REC_MAX_PAYLOAD,
+				      b->plain, REC_MAX_PLAIN, check_id, e);
+}
+
+ssize_t ingest_chunk_load_with(struct drive *d, struct codec *codec,
+			       const struct manifest_chunk *c, uint8_t *rec,
+			       size_t rec_cap, uint8_t *plain, size_t plain_cap,
+			       int check_id, struct err *e)
+{
 	struct rec_hdr h;
 	uint8_t id[REC_ID_LEN];
 	ssize_t n;
 
-	n = store_read_rec(d->store, c->off, &h, b->rec, REC_HDR_LEN + REC_MAX_PAYLOAD, e);
+	n = store_read_rec(d->store, c->off, &h, rec, rec_cap, e);
 	if (n < 0)
 		return n;
 	if (h.type != REC_CHUNK || (h.flags & REC_F_META))
@@ -315,11 +324,11 @@ ssize_t ingest_chunk_load(struct drive *d, const struct manifest_chunk *c,
 		return err_set(e, -EBADMSG,
 			       "record at %llu: lengths differ from the manifest's",
 			       (unsigned long long)c->off);
-	n = codec_open(d->codec, &h, b->rec + REC_HDR_LEN, b->plain, REC_MAX_PLAIN, e);
+	n = codec_open(codec, &h, rec + REC_HDR_LEN, plain, plain_cap, e);
 	if (n < 0)
 		return err_prefix(e, "chunk at %llu", (unsigned long long)c->off);
 	if (check_id) {
-		codec_chunk_id(d->keys, b->plain, (size_t)n, id);
+		codec_chunk_id(d->keys, plain, (size_t)n, id);
 		if (sodium_memcmp(id, c->id, REC_ID_LEN) != 0)
 			return err_set(e, -EBADMSG,
 				       "chunk at %llu: content does not match its id",

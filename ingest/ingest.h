@@ -20,6 +20,7 @@
 #include "../common/drive.h"
 #include "../common/err.h"
 #include "../common/manifest.h"
+#include "../common/pool.h"
 #include "../common/receipt.h"
 
 #define INGEST_PROG "ferry-ingest"
@@ -85,6 +86,41 @@ int ingest_log_check(struct drive *d, struct ingest_bufs *b,
  */
 ssize_t ingest_chunk_load(struct drive *d, const struct manifest_chunk *c,
 			  struct ingest_bufs *b, int check_id, struct err *e);
+
+/* The same with a codec (one per thread) and caller buffers of the given
+ * capacities; safe on several threads at once for one drive. */
+ssize_t ingest_chunk_load_with(struct drive *d, struct codec *codec,
+			       const struct manifest_chunk *c, uint8_t *rec,
+			       size_t rec_cap, uint8_t *plain, size_t plain_cap,
+			       int check_id, struct err *e);
+
+/*
+ * A decoder: chunk records read, checked, authenticated, decompressed and
+ * id-checked on every core (ingest_chunk_load_with per slot). The caller
+ * fills slots[0..n) with chunks, runs the batch, then uses each slot's
+ * plen (or its error) in order.
+ */
+struct ingest_slot {
+	struct manifest_chunk c;
+	ssize_t plen;          /* plaintext length, or -errno with e set */
+	uint8_t *plain;
+	uint8_t *rec;
+	struct err e;
+};
+struct ingest_decoder {
+	struct drive *d;
+	struct pool *pool;
+	struct codec **codecs;
+	struct ingest_slot *slots;
+	size_t cap;            /* slots */
+	size_t rec_cap, plain_cap;
+	int check_id;
+};
+/* Slots sized for the drive's largest chunk record (from the manifest). */
+int ingest_decoder_new(struct drive *d, int check_id, struct ingest_decoder *dec,
+		       struct err *e);
+void ingest_decoder_run(struct ingest_decoder *dec, size_t n);
+void ingest_decoder_free(struct ingest_decoder *dec);
 
 /*
  * Damage bookkeeping in TEMP tables of the manifest's database connection

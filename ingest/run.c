@@ -44,6 +44,7 @@
 
 #include "../common/cli.h"
 #include "../common/keys.h"
+#include "../common/pool.h"
 #include "../common/root.h"
 #include "../common/store.h"
 #include "../common/util.h"
@@ -389,6 +390,41 @@ static int rb_collect(void *opaque, const struct img_extent *x)
 	return 0;
 }
 
+/* Read-back of a target: chunks read and hashed on every core. */
+struct rb_slot {
+	uint64_t idx;
+	uint8_t *buf;
+	uint8_t id[REC_ID_LEN];
+	int zero;
+	int rc;
+	struct err e;
+};
+
+struct rb_batch {
+	struct img *im;
+	const struct manifest_disk *m;
+	const struct keys *k;
+	struct rb_slot *s;
+};
+
+static void rb_hash(void *opaque, size_t i, unsigned thread)
+{
+	struct rb_batch *b = opaque;
+	struct rb_slot *sl = &b->s[i];
+	uint64_t len = ingest_chunk_len(b->m, sl->idx);
+
+	(void)thread;
+	err_clear(&sl->e);
+	sl->rc = img_read_at(b->im, sl->buf, (size_t)len, sl->idx * b->m->chunk_size, &sl->e);
+	if (sl->rc < 0)
+		return;
+	sl->zero = codec_is_zero(sl->buf, (size_t)len);
+	if (!sl->zero)
+		codec_chunk_id(b->k, sl->buf, (size_t)len, sl->id);
+}
+
+#define RB_SLOTS 64
+
 /*
  * The root of what im holds, as ferry defines it: chunks that lie wholly
  * in holes are zero without being read; the others are read, and count as
@@ -399,13 +435,29 @@ static int run_readback(struct run_ctx *x, struct img *im,
 			uint8_t out[32], struct err *e)
 {
 	struct rb_map map = { 0 };
+	struct rb_batch b = { im, m, x->d->keys, NULL };
+	struct pool *pool = NULL;
 	struct root r;
-	uint8_t id[REC_ID_LEN];
 	uint64_t next = 0, done = 0, i;
-	size_t k;
+	size_t k, n = 0, j, nslots;
 	int rc;
 
-	rc = img_extents(im, 0, m->size, rb_collect, &map, e);
+	/* Slots hold at most 8 MiB together, at least two chunks. */
+	nslots = (size_t)((8u << 20) / m->chunk_size);
+	if (nslots < 2)
+		nslots = 2;
+	if (nslots > RB_SLOTS)
+		nslots = RB_SLOTS;
+	b.s = calloc(nslots, sizeof(*b.s));
+	rc = b.s ? pool_new(im->ops->parallel_read ? 0 : 1, &pool, e)
+		 : err_set(e, -ENOMEM, "out of memory");
+	for (j = 0; rc == 0 && j < nslots; j++) {
+		b.s[j].buf = malloc(m->chunk_size);
+		if (!b.s[j].buf)
+			rc = err_set(e, -ENOMEM, "out of memory");
+	}
+	if (rc == 0)
+		rc = img_extents(im, 0, m->size, rb_collect, &map, e);
 	if (map.oom)
 		rc = err_set(e, -ENOMEM, "out of memory");
 	if (rc < 0)
@@ -417,28 +469,45 @@ static int run_readback(struct run_ctx *x, struct img *im,
 		uint64_t last = (map.v[k].off + map.v[k].len - 1) / m->chunk_size;
 
 		for (i = first > next ? first : next; i <= last; i++) {
-			uint64_t len = ingest_chunk_len(m, i);
-
-			if (!len)
+			if (!ingest_chunk_len(m, i))
 				break;
-			rc = img_read_at(im, x->b.plain, (size_t)len, i * m->chunk_size, e);
-			if (rc < 0)
-				goto out;
-			if (!codec_is_zero(x->b.plain, (size_t)len)) {
-				codec_chunk_id(x->d->keys, x->b.plain, (size_t)len, id);
-				root_add(&r, i, id);
+			b.s[n++].idx = i;
+			if (n < nslots)
+				continue;
+			/* A full batch: hash it, then add it to the root in order. */
+			pool_run(pool, n, rb_hash, &b);
+			for (j = 0; j < n; j++) {
+				if (b.s[j].rc < 0) {
+					rc = err_set(e, b.s[j].rc, "%s", b.s[j].e.msg);
+					goto out;
+				}
+				root_add(&r, b.s[j].idx, b.s[j].zero ? NULL : b.s[j].id);
+				done = b.s[j].idx * m->chunk_size + ingest_chunk_len(m, b.s[j].idx);
 			}
-			done = i * m->chunk_size + len;
+			n = 0;
 			progress_update(p, done);
 		}
 		if (last + 1 > next)
 			next = last + 1;
+	}
+	/* The last, partial batch. */
+	pool_run(pool, n, rb_hash, &b);
+	for (j = 0; j < n; j++) {
+		if (b.s[j].rc < 0) {
+			rc = err_set(e, b.s[j].rc, "%s", b.s[j].e.msg);
+			goto out;
+		}
+		root_add(&r, b.s[j].idx, b.s[j].zero ? NULL : b.s[j].id);
 	}
 	root_final(&r, out);
 	progress_update(p, m->size);
 	progress_item_end(p);
 	rc = 0;
 out:
+	for (j = 0; b.s && j < nslots; j++)
+		free(b.s[j].buf);
+	free(b.s);
+	pool_free(pool);
 	free(map.v);
 	return rc;
 }
@@ -677,17 +746,94 @@ static int run_note_damage(struct run_ctx *x, sqlite3_stmt *ins,
 	return db_step_done(x, ins, e);
 }
 
+/* An extent waiting for its chunk to be decoded. */
+struct run_pend {
+	size_t slot;
+	struct run_target *t;
+	uint64_t idx;
+};
+
+struct run_batch {
+	struct ingest_decoder dec;
+	size_t n;               /* slots filled */
+	struct run_pend *pend;
+	size_t npend, cap;
+	uint64_t bytes;         /* written since the last mark */
+};
+
+/* Decodes the batch on every core, then writes it in log order. */
+static int run_batch_write(struct run_ctx *x, struct run_batch *bt,
+			   sqlite3_stmt *ins, struct err *e)
+{
+	size_t i, last = SIZE_MAX;
+	int rc;
+
+	if (!bt->n)
+		return 0;
+	ingest_decoder_run(&bt->dec, bt->n);
+	for (i = 0; i < bt->npend; i++) {
+		struct run_pend *pd = &bt->pend[i];
+		struct ingest_slot *sl = &bt->dec.slots[pd->slot];
+
+		if (sl->plen < 0) {
+			if (pd->slot != last) {
+				/* A chunk that fails is never written: noted once. */
+				rc = run_note_damage(x, ins, &sl->c, sl->e.msg, e);
+				if (rc < 0)
+					return rc;
+				last = pd->slot;
+			}
+			continue;
+		}
+		/* Zero chunks stay holes; extents of another length are
+		 * reported by the extent scan. */
+		if (codec_is_zero(sl->plain, (size_t)sl->plen) ||
+		    ingest_chunk_len(&pd->t->m, pd->idx) != (uint64_t)sl->plen)
+			continue;
+		rc = img_write_at(pd->t->img, sl->plain, (size_t)sl->plen,
+				  pd->idx * pd->t->m.chunk_size, e);
+		if (rc < 0)
+			return rc;
+		pd->t->written += (uint64_t)sl->plen;
+		bt->bytes += (uint64_t)sl->plen;
+	}
+	bt->n = 0;
+	bt->npend = 0;
+	return 0;
+}
+
+static int run_pend_add(struct run_batch *bt, size_t slot, struct run_target *t,
+			uint64_t idx, struct err *e)
+{
+	if (bt->npend == bt->cap) {
+		size_t cap = bt->cap ? bt->cap * 2 : 256;
+		struct run_pend *np = realloc(bt->pend, cap * sizeof(*np));
+
+		if (!np)
+			return err_set(e, -ENOMEM, "out of memory");
+		bt->pend = np;
+		bt->cap = cap;
+	}
+	bt->pend[bt->npend].slot = slot;
+	bt->pend[bt->npend].t = t;
+	bt->pend[bt->npend].idx = idx;
+	bt->npend++;
+	return 0;
+}
+
 static int run_write(struct run_ctx *x, struct progress *p, struct err *e)
 {
 	sqlite3 *mdb = manifest_db(x->d->man);
 	sqlite3_stmt *q = NULL, *ins = NULL;
+	struct run_batch bt;
 	struct manifest_chunk c;
-	uint64_t total = 0, done = 0, batch = 0, cur = UINT64_MAX, end = x->hwm;
+	uint64_t total = 0, done = 0, cur = UINT64_MAX, end = x->hwm;
 	uint64_t batch_max = RUN_BATCH_BYTES;
 	const char *env = getenv("FERRY_INGEST_BATCH");
-	ssize_t plen = -1;
-	int rc, zero = 0, in_txn = 0, loaded = 0;
+	size_t slot = SIZE_MAX;   /* the current chunk's slot, once it has one */
+	int rc, in_txn = 0, bad_id = 0;
 
+	memset(&bt, 0, sizeof(bt));
 	if (env && (util_parse_size(env, &batch_max) < 0 || !batch_max))
 		return err_set(e, -EINVAL, "FERRY_INGEST_BATCH=%s is not a size", env);
 
@@ -703,6 +849,9 @@ static int run_write(struct run_ctx *x, struct progress *p, struct err *e)
 	}
 	sqlite3_finalize(q);
 	q = NULL;
+	rc = ingest_decoder_new(x->d, 1, &bt.dec, e);
+	if (rc < 0)
+		return rc;
 	rc = db_prepare(x, "INSERT OR REPLACE INTO damaged(chunk, off, reason) VALUES(?,?,?)",
 			&ins, e);
 	if (rc < 0)
@@ -724,11 +873,16 @@ static int run_write(struct run_ctx *x, struct progress *p, struct err *e)
 		uint64_t off = (uint64_t)sqlite3_column_int64(q, 1);
 		uint64_t idx = (uint64_t)sqlite3_column_int64(q, 6);
 		struct run_target *t;
-		struct err e1;
 
 		if (off != cur) {
-			/* Every chunk before this one is complete: a safe mark. */
-			if (batch >= batch_max) {
+			if (bt.n == bt.dec.cap) {
+				rc = run_batch_write(x, &bt, ins, e);
+				if (rc < 0)
+					goto out;
+				progress_update(p, done);
+			}
+			/* Every chunk before this one is written: a safe mark. */
+			if (bt.n == 0 && bt.bytes >= batch_max) {
 				rc = run_flush_and_mark(x, off, e);
 				in_txn = 0;
 				if (rc == 0)
@@ -736,11 +890,12 @@ static int run_write(struct run_ctx *x, struct progress *p, struct err *e)
 				if (rc < 0)
 					goto out;
 				in_txn = 1;
-				batch = 0;
+				bt.bytes = 0;
 			}
 			cur = off;
 			memset(&c, 0, sizeof(c));
-			if (sqlite3_column_bytes(q, 0) == REC_ID_LEN)
+			bad_id = sqlite3_column_bytes(q, 0) != REC_ID_LEN;
+			if (!bad_id)
 				memcpy(c.id, sqlite3_column_blob(q, 0), REC_ID_LEN);
 			c.off = off;
 			c.seq = (uint64_t)sqlite3_column_int64(q, 2);
@@ -748,42 +903,40 @@ static int run_write(struct run_ctx *x, struct progress *p, struct err *e)
 			c.plain_len = (uint32_t)sqlite3_column_int64(q, 4);
 			if (off + c.rec_len > end)
 				end = off + c.rec_len;
-			loaded = 0;
+			slot = SIZE_MAX;
 			done += c.rec_len;
-			progress_update(p, done);
 		}
 		t = run_target_of(x, sqlite3_column_int64(q, 5));
 		if (!t || t->action == RUN_SKIP)
 			continue;
-		/* Read on the first extent that needs it: a chunk only targets
-		 * found identical before the run use is never read. */
-		if (!loaded) {
-			loaded = 1;
-			err_clear(&e1);
-			plen = sqlite3_column_bytes(q, 0) == REC_ID_LEN
-				       ? ingest_chunk_load(x->d, &c, &x->b, 1, &e1)
-				       : err_set(&e1, -EBADMSG, "malformed chunk id in the manifest");
-			if (plen < 0) {
-				rc = run_note_damage(x, ins, &c, e1.msg, e);
+		/* A chunk only targets found identical before the run use is
+		 * never read: it gets a slot on the first extent that needs it. */
+		if (slot == SIZE_MAX) {
+			if (bad_id) {
+				rc = run_note_damage(x, ins, &c, "malformed chunk id in the manifest", e);
 				if (rc < 0)
 					goto out;
+				bad_id = 2;
+				slot = SIZE_MAX - 1;
 			} else {
-				zero = codec_is_zero(x->b.plain, (size_t)plen);
+				slot = bt.n++;
+				bt.dec.slots[slot].c = c;
 			}
 		}
-		/* Extents of another length are reported by the extent scan. */
-		if (plen < 0 || zero || ingest_chunk_len(&t->m, idx) != (uint64_t)plen)
+		if (slot == SIZE_MAX - 1)
 			continue;
-		rc = img_write_at(t->img, x->b.plain, (size_t)plen, idx * t->m.chunk_size, e);
+		rc = run_pend_add(&bt, slot, t, idx, e);
 		if (rc < 0)
 			goto out;
-		t->written += (uint64_t)plen;
-		batch += (uint64_t)plen;
 	}
 	if (rc != SQLITE_DONE) {
 		rc = err_set(e, -EIO, "manifest: %s", sqlite3_errmsg(mdb));
 		goto out;
 	}
+	rc = run_batch_write(x, &bt, ins, e);
+	if (rc < 0)
+		goto out;
+	progress_update(p, done);
 	rc = run_flush_and_mark(x, end, e);
 	in_txn = 0;
 	if (rc == 0)
@@ -791,6 +944,8 @@ static int run_write(struct run_ctx *x, struct progress *p, struct err *e)
 out:
 	if (in_txn)
 		sqlite3_exec(x->db, "ROLLBACK", NULL, NULL, NULL);
+	free(bt.pend);
+	ingest_decoder_free(&bt.dec);
 	sqlite3_finalize(ins);
 	sqlite3_finalize(q);
 	return rc;
