@@ -130,6 +130,11 @@ int appliance_erase(int argc, char **argv)
 	if (rc < 0)
 		return appliance_fail(&e);
 	rc = erase_superblocks(o.dev, &info, &e);
+	/* A record that the device was a ferry drive, and is erased: status
+	 * and list show it; it holds no key and no signature blkid knows. */
+	if (rc == 0 && info.data_offset + SB_LEN <= info.device_size)
+		rc = store_tombstone_write(o.dev, info.data_offset, info.uuid,
+					   util_wall_s(), &e);
 	if (rc < 0)
 		return appliance_failf("%s (the keys are already destroyed: "
 				       "the data cannot be decrypted)", e.msg);

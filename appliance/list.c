@@ -150,10 +150,22 @@ static json_t *list_device(const char *name)
 			appliance_json_u64(size), "type", list_str(type),
 			"pttype", list_str(pttype), "label", list_str(label),
 			"uuid", list_str(uuid));
-	if (dev && type && strcmp(type, "crypto_LUKS") == 0)
+	if (dev && type && strcmp(type, "crypto_LUKS") == 0) {
 		list_ferry(path, dev);
-	else if (dev)
-		json_object_set_new(dev, "ferry", json_false());
+	} else if (dev) {
+		char erased[40];
+		uint64_t when;
+
+		/* An erased ferry drive keeps a record saying so (status.c). */
+		if (!type && store_tombstone_read(path, KEYS_DATA_OFFSET, erased, &when,
+						  NULL) == 0) {
+			json_object_set_new(dev, "ferry", json_true());
+			json_object_set_new(dev, "state", json_string("erased"));
+			json_object_set_new(dev, "uuid", json_string(erased));
+		} else {
+			json_object_set_new(dev, "ferry", json_false());
+		}
+	}
 	if (pr)
 		blkid_free_probe(pr);
 	return dev;

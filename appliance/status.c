@@ -202,6 +202,25 @@ static void status_print_text(const struct status_opts *o,
 	}
 }
 
+/* A device whose LUKS2 header is gone may be an erased ferry drive. */
+static int status_erased(const struct status_opts *o)
+{
+	char uuid[40], when[32];
+	uint64_t t;
+
+	if (store_tombstone_read(o->dev, KEYS_DATA_OFFSET, uuid, &t, NULL) < 0)
+		return -ENOENT;
+	util_fmt_time(t, when, sizeof(when));
+	if (o->json)
+		return appliance_json_print(json_pack("{s:s,s:s,s:s,s:s}", "device", o->dev,
+						      "uuid", uuid, "state", "erased",
+						      "erased_at", when));
+	printf("%s: ferry drive, erased\n", o->dev);
+	printf("  uuid        %s\n", uuid);
+	printf("  erased      %s (keyslots and LUKS2 header destroyed)\n", when);
+	return APPLIANCE_EXIT_OK;
+}
+
 int appliance_status(int argc, char **argv)
 {
 	struct manifest_disk *disks = NULL;
@@ -228,6 +247,8 @@ int appliance_status(int argc, char **argv)
 			goto out;
 	} else {
 		rc = keys_probe(o.dev, &info, &e);
+		if (rc == -ENODEV && status_erased(&o) == 0)
+			return APPLIANCE_EXIT_OK;
 		if (rc < 0)
 			goto out;
 		rc = store_peek(o.dev, &info, &sb, &e);

@@ -267,6 +267,55 @@ out:
 	return rc;
 }
 
+#define TOMB_MAGIC "FERRYRIP"
+#define TOMB_LEN 64
+
+int store_tombstone_write(const char *dev, uint64_t data_offset,
+			  const char *uuid, uint64_t when, struct err *e)
+{
+	uint8_t buf[SB_LEN];
+	int fd, rc;
+
+	memset(buf, 0, sizeof(buf));
+	memcpy(buf, TOMB_MAGIC, 8);
+	le32_store(buf + 8, SB_VERSION);
+	memcpy(buf + 12, uuid, strnlen(uuid, 36));
+	le64_store(buf + 48, when);
+	crypto_generichash(buf + TOMB_LEN, 32, buf, TOMB_LEN, NULL, 0);
+	fd = store_open_fd(dev, STORE_RDWR, e);
+	if (fd < 0)
+		return fd;
+	rc = pwrite_full(fd, buf, sizeof(buf), data_offset + STORE_SB0_OFF);
+	if (rc == 0 && fdatasync(fd) < 0)
+		rc = -errno;
+	close(fd);
+	if (rc < 0)
+		return err_set(e, rc, "%s: write erase record: %s", dev, strerror(-rc));
+	return 0;
+}
+
+int store_tombstone_read(const char *dev, uint64_t data_offset, char *uuid,
+			 uint64_t *when, struct err *e)
+{
+	uint8_t buf[TOMB_LEN + 32], sum[32];
+	int fd, rc;
+
+	fd = open(dev, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return err_set(e, -errno, "%s: %s", dev, strerror(errno));
+	rc = pread_full(fd, buf, sizeof(buf), data_offset + STORE_SB0_OFF);
+	close(fd);
+	if (rc < 0 || memcmp(buf, TOMB_MAGIC, 8) != 0)
+		return err_set(e, -ENOENT, "%s: no erase record", dev);
+	crypto_generichash(sum, 32, buf, TOMB_LEN, NULL, 0);
+	if (sodium_memcmp(sum, buf + TOMB_LEN, 32) != 0 || le32_load(buf + 8) != SB_VERSION)
+		return err_set(e, -ENOENT, "%s: no valid erase record", dev);
+	memcpy(uuid, buf + 12, 36);
+	uuid[36] = '\0';
+	*when = le64_load(buf + 48);
+	return 0;
+}
+
 int store_peek(const char *dev, const struct drive_info *info, struct sb *out,
 	       struct err *e)
 {

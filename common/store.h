@@ -156,6 +156,18 @@ int store_set_tail(struct store *s, const struct store_scan_pos *pos,
 ssize_t store_read_rec(struct store *s, uint64_t off, struct rec_hdr *h,
 		       uint8_t *buf, size_t cap, struct err *e);
 
+/*
+ * The erase tombstone (docs/FORMAT.md "Erased drives"): after a crypto-erase
+ * it replaces superblock 0 so status and list can say the device is an
+ * erased ferry drive, and which. It holds no key material and no LUKS or
+ * other signature libblkid knows. read: -ENOENT when there is none.
+ */
+int store_tombstone_write(const char *dev, uint64_t data_offset,
+			  const char *uuid, uint64_t when, struct err *e);
+/* uuid: the erased drive's UUID as text (at least 37 bytes). */
+int store_tombstone_read(const char *dev, uint64_t data_offset, char *uuid,
+			 uint64_t *when, struct err *e);
+
 /* Reads the superblocks of dev without any key (for status and list). */
 int store_peek(const char *dev, const struct drive_info *info, struct sb *out,
 	       struct err *e);

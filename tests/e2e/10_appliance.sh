@@ -203,8 +203,11 @@ run_ok "erase --yes" "$T/erase.out" "$APPLIANCE" erase "$img" --yes
 has "erase reports what it destroyed" "$T/erase.out" \
 	'crypto-erased: destroyed 2 keyslots, overwrote 16 MiB .*both ferry superblocks'
 blkid_empty "blkid finds nothing after erase" "$img"
-expect_fail "status after erase: not a ferry drive" 1 "not a ferry drive" \
-	"$APPLIANCE" status "$img"
+"$APPLIANCE" status "$img" >"$T/erased.out" 2>&1
+has "status after erase: an erased ferry drive, with its UUID" "$T/erased.out" \
+	"ferry drive, erased"
+"$APPLIANCE" status "$img" --json >"$T/erased.json" 2>&1
+has "status --json after erase: state erased" "$T/erased.json" '"state":"erased"'
 expect_fail "the key no longer opens it" 1 "not a ferry drive" \
 	"$APPLIANCE" status "$img" --key-file "$T/key"
 expect_fail "erase of a non-ferry file refused" 1 "not a ferry drive" \
