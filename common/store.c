@@ -648,14 +648,38 @@ ssize_t store_read_rec(struct store *s, uint64_t off, struct rec_hdr *h,
 	return (ssize_t)rec_total_len(h);
 }
 
+/*
+ * Fills buf from the log at off with up to STORE_RBUF bytes (less at end).
+ * Returns the bytes read, 0 when a tolerant scan meets the end of the
+ * device, or -errno with e set.
+ */
+static ssize_t scan_fill(struct store *s, uint8_t *buf, uint64_t off, uint64_t end,
+			 int tolerant, struct err *e)
+{
+	size_t want = STORE_RBUF;
+	int rc;
+
+	if (end - off < want)
+		want = (size_t)(end - off);
+	rc = pread_full(s->fd, buf, want, off);
+	if (rc == -ENODATA && tolerant)
+		return 0;
+	if (rc < 0)
+		return err_set(e, rc == -ENODATA ? -EUCLEAN : rc, "read log at %llu: %s",
+			       (unsigned long long)off,
+			       rc == -ENODATA ? "drive is truncated" : strerror(-rc));
+	return (ssize_t)want;
+}
+
 int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
 	       int tolerant, store_rec_fn fn, void *opaque, struct err *e)
 {
-	uint8_t *buf = NULL;
+	uint8_t *buf = NULL, digest[REC_DIGEST_LEN];
 	uint64_t boff = 0;        /* device offset of buf[0] */
 	size_t blen = 0;          /* valid bytes in buf */
 	struct rec_hdr h;
 	struct err e1;
+	ssize_t n;
 	int rc = 0;
 
 	if (!end || end > s->sb.device_size)
@@ -664,36 +688,23 @@ int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
 	if (!buf)
 		return err_set(e, -ENOMEM, "store: out of memory");
 	while (pos->off < end) {
-		uint64_t rel, need;
+		uint64_t rel = pos->off - boff, need;
 
 		/* Make sure the header, then the whole record, is in buf. */
-		rel = pos->off - boff;
 		if (pos->off < boff || rel + REC_HDR_LEN > blen) {
-			size_t want = STORE_RBUF;
-
-			if (end - pos->off < want)
-				want = (size_t)(end - pos->off);
-			if (want < REC_HDR_LEN) {
+			if (end - pos->off < REC_HDR_LEN) {
 				rc = tolerant ? 0 : err_set(e, -EBADMSG,
 					"log ends inside a record header at %llu",
 					(unsigned long long)pos->off);
 				break;
 			}
-			rc = pread_full(s->fd, buf, want, pos->off);
-			if (rc < 0) {
-				if (tolerant && rc == -ENODATA) {
-					rc = 0;
-					break;
-				}
-				rc = err_set(e, rc == -ENODATA ? -EUCLEAN : rc,
-					     "read log at %llu: %s",
-					     (unsigned long long)pos->off,
-					     rc == -ENODATA ? "drive is truncated" :
-					     strerror(-rc));
+			n = scan_fill(s, buf, pos->off, end, tolerant, e);
+			if (n <= 0) {
+				rc = (int)n;
 				break;
 			}
 			boff = pos->off;
-			blen = want;
+			blen = (size_t)n;
 			rel = 0;
 		}
 		rc = rec_hdr_parse(buf + rel, &h, &e1);
@@ -717,26 +728,13 @@ int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
 			break;
 		}
 		if (rel + need > blen) {
-			/* Refill from this record's start. */
-			size_t want = STORE_RBUF;
-
-			if (end - pos->off < want)
-				want = (size_t)(end - pos->off);
-			rc = pread_full(s->fd, buf, want, pos->off);
-			if (rc < 0) {
-				if (tolerant && rc == -ENODATA) {
-					rc = 0;
-					break;
-				}
-				rc = err_set(e, rc == -ENODATA ? -EUCLEAN : rc,
-					     "read log at %llu: %s",
-					     (unsigned long long)pos->off,
-					     rc == -ENODATA ? "drive is truncated" :
-					     strerror(-rc));
+			n = scan_fill(s, buf, pos->off, end, tolerant, e);
+			if (n <= 0) {
+				rc = (int)n;
 				break;
 			}
 			boff = pos->off;
-			blen = want;
+			blen = (size_t)n;
 			rel = 0;
 		}
 		rc = fn(opaque, pos->off, &h, buf + rel, (size_t)need);
@@ -745,12 +743,8 @@ int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
 				rc = 0;
 			break;
 		}
-		{
-			uint8_t digest[REC_DIGEST_LEN];
-
-			rec_digest(buf + rel, (size_t)need, digest);
-			rec_link(pos->prev, digest, pos->prev);
-		}
+		rec_digest(buf + rel, (size_t)need, digest);
+		rec_link(pos->prev, digest, pos->prev);
 		pos->off += need;
 		pos->seq++;
 	}
