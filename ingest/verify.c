@@ -127,15 +127,43 @@ static int verify_parse(int argc, char **argv, struct verify_opts *o)
 }
 
 /* Step 4: every chunk of the manifest, in log order (sequential reads). */
-static int verify_chunks(struct verify_result *v, struct ingest_bufs *b,
-			 const struct verify_opts *o, struct err *e)
+/* Records what the decoder found of each chunk of a batch, in log order. */
+static int verify_batch(struct verify_result *v, struct ingest_decoder *dec, size_t n,
+			struct progress *p, uint64_t *done, struct err *e)
+{
+	size_t i;
+	int rc;
+
+	ingest_decoder_run(dec, n);
+	for (i = 0; i < n; i++) {
+		struct ingest_slot *sl = &dec->slots[i];
+
+		*done += sl->c.rec_len;
+		if (sl->plen >= 0)
+			continue;
+		v->bad_chunks++;
+		if (!v->first_bad[0])
+			snprintf(v->first_bad, sizeof(v->first_bad), "%s", sl->e.msg);
+		rc = ingest_damage_add_chunk(v->d, sl->c.id, e);
+		if (rc < 0)
+			return rc;
+	}
+	progress_update(p, *done);
+	return 0;
+}
+
+static int verify_chunks(struct verify_result *v, const struct verify_opts *o,
+			 struct err *e)
 {
 	sqlite3 *db = manifest_db(v->d->man);
 	sqlite3_stmt *st = NULL;
 	struct progress *p = NULL;
+	struct ingest_decoder dec;
 	uint64_t total = 0, done = 0;
+	size_t n = 0;
 	int rc;
 
+	memset(&dec, 0, sizeof(dec));
 	if (sqlite3_prepare_v2(db, "SELECT total(rec_len) FROM main.chunks", -1, &st,
 			       NULL) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
 		rc = err_set(e, -EIO, "manifest: %s", sqlite3_errmsg(db));
@@ -144,6 +172,10 @@ static int verify_chunks(struct verify_result *v, struct ingest_bufs *b,
 	total = (uint64_t)sqlite3_column_double(st, 0);
 	sqlite3_finalize(st);
 	st = NULL;
+	/* Records are checked on every core, batch by batch in log order. */
+	rc = ingest_decoder_new(v->d, o->deep, &dec, e);
+	if (rc < 0)
+		goto out;
 	if (sqlite3_prepare_v2(db, "SELECT id, off, seq, rec_len, plain_len"
 			       " FROM main.chunks ORDER BY off", -1, &st, NULL) != SQLITE_OK) {
 		rc = err_set(e, -EIO, "manifest: %s", sqlite3_errmsg(db));
@@ -153,41 +185,45 @@ static int verify_chunks(struct verify_result *v, struct ingest_bufs *b,
 	progress_item(p, "chunks", total, 0);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		struct manifest_chunk c;
-		struct err e1;
 
 		memset(&c, 0, sizeof(c));
-		if (sqlite3_column_bytes(st, 0) == REC_ID_LEN)
-			memcpy(c.id, sqlite3_column_blob(st, 0), REC_ID_LEN);
 		c.off = (uint64_t)sqlite3_column_int64(st, 1);
 		c.seq = (uint64_t)sqlite3_column_int64(st, 2);
 		c.rec_len = (uint32_t)sqlite3_column_int64(st, 3);
 		c.plain_len = (uint32_t)sqlite3_column_int64(st, 4);
-		err_clear(&e1);
 		v->chunks++;
 		if (sqlite3_column_bytes(st, 0) != REC_ID_LEN) {
-			err_set(&e1, -EBADMSG, "manifest chunk at %llu has a malformed id",
-				(unsigned long long)c.off);
-		} else if (ingest_chunk_load(v->d, &c, b, o->deep, &e1) >= 0) {
+			v->bad_chunks++;
+			if (!v->first_bad[0])
+				snprintf(v->first_bad, sizeof(v->first_bad),
+					 "manifest chunk at %llu has a malformed id",
+					 (unsigned long long)c.off);
+			rc = ingest_damage_add_chunk(v->d, c.id, e);
+			if (rc < 0)
+				goto out;
 			done += c.rec_len;
-			progress_update(p, done);
 			continue;
 		}
-		v->bad_chunks++;
-		if (!v->first_bad[0])
-			snprintf(v->first_bad, sizeof(v->first_bad), "%s", e1.msg);
-		rc = ingest_damage_add_chunk(v->d, c.id, e);
-		if (rc < 0)
-			goto out;
-		done += c.rec_len;
-		progress_update(p, done);
+		memcpy(c.id, sqlite3_column_blob(st, 0), REC_ID_LEN);
+		dec.slots[n++].c = c;
+		if (n == dec.cap) {
+			rc = verify_batch(v, &dec, n, p, &done, e);
+			if (rc < 0)
+				goto out;
+			n = 0;
+		}
 	}
 	if (rc != SQLITE_DONE) {
 		rc = err_set(e, -EIO, "manifest: %s", sqlite3_errmsg(db));
 		goto out;
 	}
+	rc = verify_batch(v, &dec, n, p, &done, e);
+	if (rc < 0)
+		goto out;
 	progress_item_end(p);
 	rc = ingest_damage_scan_extents(v->d, &v->bad_extents, e);
 out:
+	ingest_decoder_free(&dec);
 	progress_free(p);
 	sqlite3_finalize(st);
 	return rc;
@@ -391,7 +427,7 @@ int ingest_verify(int argc, char **argv)
 	v.log_ok = rc == 0;
 	if (rc < 0)
 		snprintf(v.log_err, sizeof(v.log_err), "%s", e.msg);
-	rc = verify_chunks(&v, &b, &o, &e);
+	rc = verify_chunks(&v, &o, &e);
 	if (rc == 0)
 		rc = verify_disks(&v, &e);
 	if (rc < 0) {
