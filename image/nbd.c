@@ -107,6 +107,12 @@ static int nbd_fail(struct img *im, int code, struct err *e)
 	return code;
 }
 
+/* The connection is over: the server hung up (CLOSED) or broke (DEAD). */
+static int nbd_gone(struct nbd_handle *h)
+{
+	return nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1;
+}
+
 static int nbd_check_alive(struct img *im, struct err *e)
 {
 	struct nbd_state *st = nbd_priv(im);
@@ -180,7 +186,7 @@ static int nbd_connect(const char *uri, const char *ctx,
 		goto out;
 	}
 	while (!nbd_aio_is_ready(h)) {
-		if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)) {
+		if (nbd_gone(h)) {
 			r = nbd_lib_error(e, uri, "connect");
 			goto out;
 		}
@@ -390,7 +396,7 @@ static int nbd_xfer(struct img *im, enum nbd_op op, void *buf, uint64_t len,
 			    im->path, op == NBD_OP_READ ? "read" : "write",
 			    (unsigned long long)len, (unsigned long long)off,
 			    strerror(b.err));
-	if (r < 0 && nbd_aio_is_dead(st->h))
+	if (r < 0 && nbd_gone(st->h))
 		return nbd_fail(im, r, e);
 	return r;
 }
@@ -503,7 +509,7 @@ static int nbd_zero_aligned(struct img *im, uint64_t off, uint64_t len,
 		if (nbd_zero(st->h, n, off, 0) < 0) {
 			int r = nbd_lib_error(e, im->path, "write zeroes");
 
-			if (nbd_aio_is_dead(st->h))
+			if (nbd_gone(st->h))
 				return nbd_fail(im, r, e);
 			return r;
 		}
@@ -567,7 +573,7 @@ static int nbd_flush_op(struct img *im, struct err *e)
 	r = nbd_check_alive(im, e);
 	if (r == 0 && st->can_flush && nbd_flush(st->h, 0) < 0) {
 		r = nbd_lib_error(e, im->path, "flush");
-		if (nbd_aio_is_dead(st->h))
+		if (nbd_gone(st->h))
 			r = nbd_fail(im, r, e);
 	}
 	pthread_mutex_unlock(&st->lock);
@@ -697,7 +703,7 @@ static int nbd_walk(struct img *im, int dirty, uint64_t off, uint64_t len,
 					    "nbd: %s: server sent a malformed block status reply at %llu",
 					    im->path, (unsigned long long)a)
 				  : nbd_lib_error(e, im->path, "block status");
-			if (nbd_aio_is_dead(h))
+			if (nbd_gone(h))
 				r = nbd_fail(im, r, e);
 		} else if (!w.seen || w.pos <= pos) {
 			r = err_set(e, -EPROTO,
@@ -770,6 +776,12 @@ static int nbd_dirty_handle(struct img *im, const char *bitmap,
 	free(st->dirty_ctx);
 	st->dirty_ctx = NULL;
 	r = nbd_connect(im->path, ctx, &st->dh, e);
+	if (r == -ETIMEDOUT) {
+		r = err_set(e, r,
+			    "nbd: %s: dirty bitmap %s: the server took no second connection within %u s (qemu-nbd needs --shared=2 or more)",
+			    im->path, bitmap, NBD_CONNECT_TIMEOUT_MS / 1000);
+		goto out;
+	}
 	if (r < 0) {
 		err_prefix(e, "dirty bitmap %s", bitmap);
 		goto out;
