@@ -2246,7 +2246,9 @@ static int vmdk_open_parent(const char *path, const struct vmdk_desc *d,
 			       path);
 	r = vmdk_open_depth(ppath, IMG_RDONLY, depth + 1, &v->parent, e);
 	if (r < 0) {
-		err_prefix(e, "vmdk: %s: parent", path);
+		/* Only the top names the chain: "child: parent: <deepest>". */
+		if (depth == 0)
+			err_prefix(e, "vmdk: %s: parent", path);
 		goto out;
 	}
 	pcid = vmdk_priv(v->parent)->cid;
