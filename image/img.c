@@ -12,20 +12,103 @@
 #include <string.h>
 
 #include "../common/bytes.h"
+#include "../common/util.h"
 
 /* Zero buffer size for backends without write_zeroes. */
 #define IMG_ZERO_BUF ((size_t)1 << 20)
 
-int img_open(const char *path, int mode, struct img **out, struct err *e)
+int img_is_uri(const char *s)
 {
+	static const char *const schemes[] = { "nbd://", "nbds://", "nbd+unix://",
+					       "nbds+unix://", "nbd+vsock://",
+					       "nbds+vsock://" };
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(schemes); i++)
+		if (strncmp(s, schemes[i], strlen(schemes[i])) == 0)
+			return 1;
+	return 0;
+}
+
+int img_probe(const char *path, const char **format, struct err *e)
+{
+	static const char vmdk_text[] = "# Disk DescriptorFile";
+	uint8_t head[64];
+	struct img *im = NULL;
+	int rc;
+
+	*format = NULL;
+	if (img_is_uri(path)) {
+		*format = "nbd";
+		return 0;
+	}
+	/* The raw backend opens anything readable and names what is not. */
+	rc = img_raw_open(path, IMG_RDONLY, &im, e);
+	if (rc < 0)
+		return rc;
+	memset(head, 0, sizeof(head));
+	rc = im->size ? img_read_at(im, head,
+				    im->size < sizeof(head) ? (size_t)im->size : sizeof(head),
+				    0, e) : 0;
+	img_close(im);
+	if (rc < 0)
+		return rc;
+	if (memcmp(head, "QFI\xfb", 4) == 0)
+		*format = "qcow2";
+	else if (memcmp(head, "KDMV", 4) == 0 ||
+		 memcmp(head, vmdk_text, sizeof(vmdk_text) - 1) == 0)
+		*format = "vmdk";
+	else
+		*format = "raw";
+	return 0;
+}
+
+int img_open_format(const char *path, const char *format, int mode,
+		    struct img **out, struct err *e)
+{
+	int rc;
+
 	*out = NULL;
 	if (!path || !*path)
 		return err_set(e, -EINVAL, "img: empty image path");
 	if (mode != IMG_RDONLY && mode != IMG_RDWR)
 		return err_set(e, -EINVAL, "img: %s: bad open mode %d", path,
 			       mode);
-	/* Format probing (qcow2, VMDK magic) goes here; today all is raw. */
-	return img_raw_open(path, mode, out, e);
+	if (!format) {
+		rc = img_probe(path, &format, e);
+		if (rc < 0)
+			return rc;
+	}
+	if (strcmp(format, "raw") == 0)
+		return img_raw_open(path, mode, out, e);
+	if (strcmp(format, "qcow2") == 0)
+		return img_qcow2_open(path, mode, 0, out, e);
+	if (strcmp(format, "vmdk") == 0)
+		return img_vmdk_open(path, mode, out, e);
+	if (strcmp(format, "nbd") == 0)
+		return img_nbd_open(path, mode, out, e);
+	return err_set(e, -ENOTSUP, "img: unknown image format \"%s\" (raw, qcow2, vmdk, nbd)",
+		       format);
+}
+
+int img_open(const char *path, int mode, struct img **out, struct err *e)
+{
+	return img_open_format(path, NULL, mode, out, e);
+}
+
+int img_create(const char *path, const char *format, const char *subformat,
+	       uint64_t size, int excl, struct img **out, struct err *e)
+{
+	*out = NULL;
+	if (strcmp(format, "raw") == 0)
+		return img_create_raw(path, size, excl, out, e);
+	if (strcmp(format, "qcow2") == 0)
+		return img_qcow2_create(path, size, excl, out, e);
+	if (strcmp(format, "vmdk") == 0)
+		return img_vmdk_create(path, size, subformat ? subformat : "monolithicSparse",
+				       excl, out, e);
+	return err_set(e, -ENOTSUP, "img: cannot create \"%s\" images (raw, qcow2, vmdk)",
+		       format);
 }
 
 /* Checks [off, off+len) against the image; code is what "past the end"

@@ -80,11 +80,28 @@ struct img {
 #define IMG_RDWR 1
 
 /*
- * Opens an existing image read-only or read-write. Fails with one clear
- * line: -ENOENT missing, -EISDIR a directory, -EACCES unreadable,
- * -ENOTSUP not a supported kind of file.
+ * Opens an existing image read-only or read-write: an NBD URI, or a path
+ * whose format is found from its content (qcow2 and VMDK magic, a VMDK
+ * text descriptor, otherwise raw), never from its name. Fails with one
+ * clear line: -ENOENT missing, -EISDIR a directory, -EACCES unreadable,
+ * -ENOTSUP not a supported kind of file or image.
  */
 int img_open(const char *path, int mode, struct img **out, struct err *e);
+/* The same with the format forced ("raw", "qcow2", "vmdk", "nbd"), or found
+ * from the content when format is NULL. */
+int img_open_format(const char *path, const char *format, int mode,
+		    struct img **out, struct err *e);
+/* What img_open would take path for: "nbd", "qcow2", "vmdk" or "raw". */
+int img_probe(const char *path, const char **format, struct err *e);
+/* 1 when s is an NBD URI (nbd://, nbd+unix://, nbds://, ...). */
+int img_is_uri(const char *s);
+/*
+ * Creates a new image of size bytes for writing: format "raw", "qcow2" or
+ * "vmdk" (subformat NULL or "monolithicSparse", or "streamOptimized"),
+ * sparse. excl as for img_create_raw.
+ */
+int img_create(const char *path, const char *format, const char *subformat,
+	       uint64_t size, int excl, struct img **out, struct err *e);
 
 /*
  * Creates a new raw image file of size bytes (sparse: nothing allocated).
