@@ -595,6 +595,45 @@ out:
 	return r;
 }
 
+static int vmdk_cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * No two grain tables may overlap. Honest images never share a table;
+ * a hostile one that points every directory entry at one full table
+ * would make a small file describe a huge allocated disk, and walking
+ * its map take as long as the attacker likes. With distinct tables the
+ * walk is linear in the file's size.
+ */
+static int vmdk_gd_check_overlap(const char *name, const uint32_t *gd,
+				 uint32_t n, uint32_t gt_bytes, struct err *e)
+{
+	uint32_t *s, i, k = 0;
+	uint64_t gt_sectors = (gt_bytes + VMDK_SECTOR - 1) / VMDK_SECTOR;
+	int r = 0;
+
+	s = malloc((size_t)n * 4 + 4);
+	if (!s)
+		return err_set(e, -ENOMEM, "vmdk: %s: out of memory", name);
+	for (i = 0; i < n; i++)
+		if (gd[i])
+			s[k++] = gd[i];
+	qsort(s, k, sizeof(*s), vmdk_cmp_u32);
+	for (i = 1; i < k; i++)
+		if ((uint64_t)s[i] - s[i - 1] < gt_sectors) {
+			r = err_set(e, -EINVAL,
+				    "vmdk: %s: grain tables at sectors %u and %u overlap",
+				    name, s[i - 1], s[i]);
+			break;
+		}
+	free(s);
+	return r;
+}
+
 /* streamOptimized images written by VMware put the grain directory after
  * the data: the header says GD_AT_END and a footer (marker, header copy,
  * end-of-stream marker) closes the file. */
@@ -721,6 +760,8 @@ static int vmdk_sparse_load(int fd, const char *name, const uint8_t *hdr,
 	sp->desc_len = h.desc_off ? h.desc_size * VMDK_SECTOR : 0;
 	r = vmdk_gd_load(fd, name, "grain directory", gd_sector, sp->gd_n,
 			 h.gtes * 4, file_size, &sp->gd, e);
+	if (r == 0)
+		r = vmdk_gd_check_overlap(name, sp->gd, sp->gd_n, h.gtes * 4, e);
 	if (r < 0)
 		goto out;
 	if (writable) {
