@@ -38,8 +38,11 @@
 
 #include "../common/bytes.h"
 
-#define NBD_REQ_MAX (2u << 20)          /* one read/write request */
-#define NBD_INFLIGHT 8                  /* requests in flight per call */
+/* 16 requests of 256 KiB in flight measured best over a unix socket
+ * (bench_nbd: 2 MiB requests cost more in cache misses than they save
+ * in round trips); 4 MiB in flight also covers a LAN's latency. */
+#define NBD_REQ_MAX (256u << 10)        /* one read/write request */
+#define NBD_INFLIGHT 16                 /* requests in flight per call */
 #define NBD_STATUS_MAX (2u << 30)       /* one block status request */
 #define NBD_ZERO_MAX (1u << 30)         /* one write-zeroes request */
 #define NBD_MIN_BLOCK_MAX (64u << 10)   /* protocol bound on the minimum */
@@ -289,6 +292,12 @@ int img_nbd_open(const char *uri, int mode, struct img **out, struct err *e)
 	r = nbd_read_limits(st, uri, (uint64_t)size, e);
 	if (r < 0)
 		goto out;
+	/* Reads fill the buffer or fail, and a failed read's buffer is never
+	 * handed on (invariant 1), so libnbd's pre-zeroing is a wasted pass. */
+	if (nbd_set_pread_initialize(st->h, 0) < 0) {
+		r = nbd_lib_error(e, uri, "set pread initialize");
+		goto out;
+	}
 	st->bounce = malloc(st->min_block);
 	if (!st->bounce) {
 		r = err_set(e, -ENOMEM, "nbd: %s: out of memory", uri);

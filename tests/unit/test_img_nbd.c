@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +52,26 @@ static int have_prog(const char *name)
 
 	snprintf(cmd, sizeof(cmd), "command -v %s >/dev/null 2>&1", name);
 	return system(cmd) == 0;
+}
+
+/* 1 when something accepts connections on the unix socket path (the file
+ * appears at bind(), a moment before listen()). */
+static int sock_listening(const char *path)
+{
+	struct sockaddr_un sa;
+	int fd, ok;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return 0;
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0;
+	ok = connect(fd, (const struct sockaddr *)&sa, sizeof(sa)) == 0;
+	close(fd);
+	return ok;
 }
 
 /* In the forked child: execvp wants char *const[]; copies do. */
@@ -94,7 +116,8 @@ static int server_start(struct server *s, const char *name,
 		exec_args(argv);
 	}
 	for (waited = 0; waited < SERVER_WAIT_MS; waited += 20) {
-		if (stat(s->sock, &st) == 0 && S_ISSOCK(st.st_mode))
+		if (stat(s->sock, &st) == 0 && S_ISSOCK(st.st_mode) &&
+		    sock_listening(s->sock))
 			return 0;
 		if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
 			char line[512];
