@@ -56,12 +56,24 @@
  * with FERRY_INGEST_BATCH=SIZE to see many marks on small drives. */
 #define RUN_BATCH_BYTES (256ull << 20)
 
+#define RUN_MAX_TARGETS 256
+
+/* --target NAME=URI: one disk to an NBD server instead of a file. */
+struct run_uri {
+	const char *name;
+	const char *uri;
+};
+
 struct run_opts {
 	const char *dev;
 	const char *to;
 	const char *key_file;
 	const char *state;
 	const char *receipt;
+	const char *format;      /* raw, qcow2 or vmdk */
+	const char *subformat;   /* for vmdk */
+	struct run_uri uris[RUN_MAX_TARGETS];
+	size_t nuris;
 	int force;
 	int json;
 };
@@ -82,7 +94,8 @@ enum run_verdict {
 
 struct run_target {
 	struct manifest_disk m;
-	char path[PATH_MAX];
+	char path[PATH_MAX];    /* file, or NBD URI when uri */
+	int uri;
 	enum run_action action;
 	struct img *img;
 	uint64_t written;       /* bytes written, as committed with the mark */
@@ -131,7 +144,16 @@ static void run_help(void)
 	       "  --receipt R    the receipt written at seal time; nothing is "
 	       "written unless the\n"
 	       "                 drive matches it\n"
-	       "  --format raw   target format (only raw for now)\n"
+	       "  --format F     target format: raw (default), qcow2 or vmdk; "
+	       "files are DIR/NAME.F\n"
+	       "  --vmdk-subformat S\n"
+	       "                 monolithicSparse (default) or streamOptimized\n"
+	       "  --target NAME=URI\n"
+	       "                 write disk NAME to an NBD server (nbd://host/export,\n"
+	       "                 nbd+unix:///export?socket=PATH) instead of a file;\n"
+	       "                 holes and zero chunks become write-zeroes there;\n"
+	       "                 repeat for more disks (--to is then needed only for\n"
+	       "                 the disks without a --target)\n"
 	       "  --force        overwrite existing target files and start over\n"
 	       "  --json         JSON lines on stdout: progress, then one summary "
 	       "object\n"
@@ -141,13 +163,15 @@ static void run_help(void)
 static int run_parse(int argc, char **argv, struct run_opts *o)
 {
 	enum { OPT_TO = 256, OPT_KEY_FILE, OPT_STATE, OPT_RECEIPT, OPT_FORMAT,
-	       OPT_FORCE, OPT_JSON, OPT_HELP };
+	       OPT_SUBFORMAT, OPT_TARGET, OPT_FORCE, OPT_JSON, OPT_HELP };
 	static const struct option longopts[] = {
 		{ "to", required_argument, NULL, OPT_TO },
 		{ "key-file", required_argument, NULL, OPT_KEY_FILE },
 		{ "state", required_argument, NULL, OPT_STATE },
 		{ "receipt", required_argument, NULL, OPT_RECEIPT },
 		{ "format", required_argument, NULL, OPT_FORMAT },
+		{ "vmdk-subformat", required_argument, NULL, OPT_SUBFORMAT },
+		{ "target", required_argument, NULL, OPT_TARGET },
 		{ "force", no_argument, NULL, OPT_FORCE },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, OPT_HELP },
@@ -156,6 +180,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
 	int c;
 
 	memset(o, 0, sizeof(*o));
+	o->format = "raw";
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
 		switch (c) {
@@ -172,10 +197,35 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
 			o->receipt = optarg;
 			break;
 		case OPT_FORMAT:
-			if (strcmp(optarg, "raw") != 0)
+			if (strcmp(optarg, "raw") != 0 && strcmp(optarg, "qcow2") != 0 &&
+			    strcmp(optarg, "vmdk") != 0)
 				return -ingest_usage_error(RUN_CMD,
-					"--format %s: only raw targets are supported", optarg);
+					"--format %s: raw, qcow2 or vmdk", optarg);
+			o->format = optarg;
 			break;
+		case OPT_SUBFORMAT:
+			if (strcmp(optarg, "monolithicSparse") != 0 &&
+			    strcmp(optarg, "streamOptimized") != 0)
+				return -ingest_usage_error(RUN_CMD,
+					"--vmdk-subformat %s: monolithicSparse or streamOptimized",
+					optarg);
+			o->subformat = optarg;
+			break;
+		case OPT_TARGET: {
+			char *eq = strchr(optarg, '=');
+
+			if (!eq || eq == optarg || !img_is_uri(eq + 1))
+				return -ingest_usage_error(RUN_CMD,
+					"--target %s: expected NAME=nbd://... or NAME=nbd+unix://...",
+					optarg);
+			if (o->nuris == RUN_MAX_TARGETS)
+				return -ingest_usage_error(RUN_CMD, "too many --target options");
+			*eq = '\0';
+			o->uris[o->nuris].name = optarg;
+			o->uris[o->nuris].uri = eq + 1;
+			o->nuris++;
+			break;
+		}
 		case OPT_FORCE:
 			o->force = 1;
 			break;
@@ -194,8 +244,10 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
 	if (optind + 1 < argc)
 		return -ingest_usage_error(RUN_CMD, "unexpected argument '%s'",
 					   argv[optind + 1]);
-	if (!o->to || !*o->to)
+	if ((!o->to || !*o->to) && !o->nuris)
 		return -ingest_usage_error(RUN_CMD, "--to DIR is required");
+	if (o->subformat && strcmp(o->format, "vmdk") != 0)
+		return -ingest_usage_error(RUN_CMD, "--vmdk-subformat needs --format vmdk");
 	o->dev = argv[optind];
 	return 0;
 }
@@ -528,6 +580,32 @@ static int run_readback_path(struct run_ctx *x, const char *path,
 
 /* ---- planning the targets --------------------------------------------- */
 
+static const char *run_uri_of(const struct run_opts *o, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < o->nuris; i++)
+		if (strcmp(o->uris[i].name, name) == 0)
+			return o->uris[i].uri;
+	return NULL;
+}
+
+/* 1 when path holds an image of that format and virtual size. */
+static int run_target_fits(const char *path, const char *format, uint64_t size)
+{
+	const char *found = NULL;
+	struct img *im = NULL;
+	int fits;
+
+	if (img_probe(path, &found, NULL) < 0 || strcmp(found, format) != 0)
+		return 0;
+	if (img_open_format(path, format, IMG_RDONLY, &im, NULL) < 0)
+		return 0;
+	fits = im->size == size;
+	img_close(im);
+	return fits;
+}
+
 static int run_check_disk(const struct manifest_disk *m, struct err *e)
 {
 	size_t i, n = strlen(m->name);
@@ -575,6 +653,7 @@ static int run_plan(struct run_ctx *x, struct progress *p, struct err *e)
 		x->reset = 1;
 	for (i = 0; i < n; i++) {
 		struct run_target *t = &x->t[i];
+		const char *uri;
 		int exists;
 
 		t->m = disks[i];
@@ -589,21 +668,42 @@ static int run_plan(struct run_ctx *x, struct progress *p, struct err *e)
 				     t->m.name);
 			goto out;
 		}
-		if ((size_t)snprintf(t->path, sizeof(t->path), "%s/%s.raw", x->to,
-				     t->m.name) >= sizeof(t->path)) {
-			rc = err_set(e, -ENAMETOOLONG, "%s/%s.raw: path too long", x->to,
+		uri = run_uri_of(x->o, t->m.name);
+		if (uri) {
+			snprintf(t->path, sizeof(t->path), "%s", uri);
+			t->uri = 1;
+		} else if (!x->to[0]) {
+			rc = err_set(e, -EINVAL, "disk %s has no --target and no --to folder was given",
 				     t->m.name);
+			goto out;
+		} else if ((size_t)snprintf(t->path, sizeof(t->path), "%s/%s.%s", x->to,
+					    t->m.name, x->o->format) >= sizeof(t->path)) {
+			rc = err_set(e, -ENAMETOOLONG, "%s/%s.%s: path too long", x->to,
+				     t->m.name, x->o->format);
 			goto out;
 		}
 		rc = run_db_target(x, t->m.name, &row, e);
 		if (rc < 0)
 			goto out;
+		if (t->uri) {
+			/* The technician named this target: it is written over,
+			 * or gone on with when it is the one in progress. */
+			if (!x->o->force && row.found && strcmp(row.path, t->path) == 0 &&
+			    strcmp(row.state, "preexisting") != 0) {
+				t->action = RUN_REUSE;
+				t->written = row.written;
+			} else {
+				t->action = RUN_CREATE;
+			}
+			continue;
+		}
 		exists = lstat(t->path, &st) == 0;
 		if (x->o->force) {
 			t->action = RUN_CREATE;
 		} else if (row.found && strcmp(row.path, t->path) == 0 &&
 			   strcmp(row.state, "preexisting") != 0) {
-			if (exists && S_ISREG(st.st_mode) && (uint64_t)st.st_size == t->m.size) {
+			if (exists && S_ISREG(st.st_mode) &&
+			    run_target_fits(t->path, x->o->format, t->m.size)) {
 				t->action = RUN_REUSE;
 				t->written = row.written;
 			} else if (exists && !S_ISREG(st.st_mode)) {
@@ -616,7 +716,7 @@ static int run_plan(struct run_ctx *x, struct progress *p, struct err *e)
 				x->reset = 1;
 			}
 		} else if (exists) {
-			if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != t->m.size ||
+			if (!S_ISREG(st.st_mode) || !run_target_fits(t->path, x->o->format, t->m.size) ||
 			    run_readback_path(x, t->path, &t->m, p, t->troot, NULL) < 0 ||
 			    sodium_memcmp(t->troot, t->mroot, 32) != 0) {
 				rc = err_set(e, -EEXIST,
@@ -628,6 +728,21 @@ static int run_plan(struct run_ctx *x, struct progress *p, struct err *e)
 			t->have_troot = 1;
 		} else {
 			t->action = RUN_CREATE;
+		}
+	}
+	/* A new target lacks what the mark vouches for: start from the top. */
+	for (i = 0; i < n; i++)
+		if (x->t[i].action == RUN_CREATE)
+			x->reset = 1;
+	for (i = 0; i < x->o->nuris; i++) {
+		size_t j;
+
+		for (j = 0; j < n && strcmp(x->t[j].m.name, x->o->uris[i].name) != 0; j++)
+			;
+		if (j == n) {
+			rc = err_set(e, -ENOENT, "--target %s: no disk of that name on the drive",
+				     x->o->uris[i].name);
+			goto out;
 		}
 	}
 	rc = 0;
@@ -655,16 +770,17 @@ static int run_open_targets(struct run_ctx *x, struct err *e)
 	if (rc == 0)
 		rc = db_prepare(x, "INSERT OR REPLACE INTO run(id, drive_uuid, to_dir, format,"
 				" ckpt_gen, log_end, hwm, started, updated)"
-				" VALUES(1, ?, ?, 'raw', ?, ?, ?,"
+				" VALUES(1, ?, ?, ?, ?, ?, ?,"
 				" IFNULL((SELECT started FROM run WHERE id = 1), ?), ?)", &st, e);
 	if (rc == 0) {
 		sqlite3_bind_text(st, 1, x->d->info.uuid, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, x->to, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 3, (sqlite3_int64)sb->ckpt_gen);
-		sqlite3_bind_int64(st, 4, (sqlite3_int64)sb->log_end);
-		sqlite3_bind_int64(st, 5, (sqlite3_int64)x->hwm);
-		sqlite3_bind_int64(st, 6, (sqlite3_int64)now);
+		sqlite3_bind_text(st, 3, x->o->format, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 4, (sqlite3_int64)sb->ckpt_gen);
+		sqlite3_bind_int64(st, 5, (sqlite3_int64)sb->log_end);
+		sqlite3_bind_int64(st, 6, (sqlite3_int64)x->hwm);
 		sqlite3_bind_int64(st, 7, (sqlite3_int64)now);
+		sqlite3_bind_int64(st, 8, (sqlite3_int64)now);
 		rc = db_step_done(x, st, e);
 	}
 	sqlite3_finalize(st);
@@ -696,10 +812,25 @@ static int run_open_targets(struct run_ctx *x, struct err *e)
 	for (i = 0; i < x->nt; i++) {
 		struct run_target *t = &x->t[i];
 
+		if (t->uri && t->action != RUN_SKIP) {
+			rc = img_open_format(t->path, "nbd", IMG_RDWR, &t->img, e);
+			if (rc == 0 && t->img->size < t->m.size)
+				rc = err_set(e, -ENOSPC, "%s: the export holds %llu bytes, disk %s needs %llu",
+					     t->path, (unsigned long long)t->img->size, t->m.name,
+					     (unsigned long long)t->m.size);
+			/* What the target held before must not show through:
+			 * holes and zero chunks become write-zeroes. */
+			if (rc == 0 && t->action == RUN_CREATE)
+				rc = img_write_zeroes(t->img, 0, t->m.size, e);
+			if (rc < 0)
+				return rc;
+			continue;
+		}
 		if (t->action == RUN_CREATE)
-			rc = img_create_raw(t->path, t->m.size, 0, &t->img, e);
+			rc = img_create(t->path, x->o->format, x->o->subformat, t->m.size, 0,
+					&t->img, e);
 		else if (t->action == RUN_REUSE)
-			rc = img_open(t->path, IMG_RDWR, &t->img, e);
+			rc = img_open_format(t->path, x->o->format, IMG_RDWR, &t->img, e);
 		if (rc < 0)
 			return rc;
 		if (t->img && t->img->size != t->m.size)
@@ -1203,11 +1334,11 @@ static int run_prepare(struct run_ctx *x, char *mpath, size_t mlen, struct err *
 			x->d->info.uuid, store_state_name(sb->state));
 	}
 	rc = ingest_bufs_alloc(&x->b, e);
-	if (rc == 0)
+	if (rc == 0 && x->o->to)
 		rc = util_mkdirs(x->o->to, 0755, e);
 	if (rc < 0)
 		return rc;
-	if (!realpath(x->o->to, x->to))
+	if (x->o->to && !realpath(x->o->to, x->to))
 		return err_set(e, -errno, "%s: %s", x->o->to, strerror(errno));
 	rc = run_db_open(x, e);
 	if (rc == 0)

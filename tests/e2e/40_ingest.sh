@@ -196,8 +196,8 @@ eq "wrong key --json: a final summary with the error" \
 	"$(json_field "$T/wk.json" 's["event"], s["ok"], "key" in s["error"]')" "summary False True"
 expect_fail "not a ferry drive" 1 'not a ferry drive' \
 	"$INGEST" verify "$src/a.raw" --key-file "$K"
-expect_fail "--format qcow2 is a usage error" 2 'only raw targets are supported' \
-	"$INGEST" run "$D" --to "$T/x" --format qcow2
+expect_fail "--format vhd is a usage error" 2 'raw, qcow2 or vmdk' \
+	"$INGEST" run "$D" --to "$T/x" --format vhd
 expect_fail "unknown option is a usage error" 2 "unknown option '--deeep'" \
 	"$INGEST" verify "$D" --deeep
 
