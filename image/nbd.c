@@ -53,10 +53,31 @@
 #define NBD_BITMAP_MAX 1023             /* QEMU's longest bitmap name */
 #define NBD_WALK_MAX 65536              /* extents kept from one reply */
 
+#define NBD_RA_SLOTS 64                 /* readahead: 64 x req_max, 16 MiB */
+
 #define NBD_CTX_ALLOC "base:allocation"
 #define NBD_CTX_DIRTY "qemu:dirty-bitmap:"
 
 enum nbd_op { NBD_OP_READ, NBD_OP_WRITE, NBD_OP_WRITE_ZERO_BUF };
+
+/*
+ * Readahead (img_prefetch): a fixed set of request-sized buffers filled by
+ * reads left in flight, so that a caller reading small pieces in order
+ * (the seeder's 64 KiB chunks) waits for no round trip. A slot moves
+ * FREE -> PENDING (issued) -> READY or FAILED (completion) -> FREE (used
+ * up, passed, or dropped by a write). A PENDING slot's buffer belongs to
+ * libnbd and is never freed or reused until it completes; STALE marks a
+ * pending read that a write overtook, so its data is never served.
+ */
+enum nbd_ra_state { RA_FREE, RA_PENDING, RA_READY, RA_FAILED };
+
+struct nbd_ra {
+	uint64_t off;
+	uint32_t len;
+	enum nbd_ra_state state;
+	int stale;
+	uint8_t *buf;           /* req_max bytes, made on first use */
+};
 
 struct nbd_state {
 	pthread_mutex_t lock;   /* one caller drives the handles at a time */
@@ -72,6 +93,9 @@ struct nbd_state {
 	char why[ERR_MSG_MAX];
 	uint8_t *bounce;        /* min_block bytes, for unaligned edges */
 	uint8_t *zero;          /* req_max zero bytes, made on first use */
+	struct nbd_ra ra[NBD_RA_SLOTS];
+	uint64_t ra_next;       /* next offset the readahead window issues */
+	uint64_t ra_end;        /* end of the window asked for by prefetch */
 };
 
 static const struct img_ops img_nbd_ops;
@@ -471,18 +495,181 @@ static int nbd_rw(struct img *im, enum nbd_op op, void *buf, uint64_t len,
 	return nbd_xfer(im, op, p, len, off, e);
 }
 
+static int nbd_ra_done(void *opaque, int *error)
+{
+	struct nbd_ra *s = opaque;
+
+	s->state = *error ? RA_FAILED : RA_READY;
+	return 1;
+}
+
+/* Frees completed slots that end at or before pos (read, or skipped over
+ * as a hole), and every completed stale one. Called with the lock. */
+static void nbd_ra_reap(struct nbd_state *st, uint64_t pos)
+{
+	int i;
+
+	for (i = 0; i < NBD_RA_SLOTS; i++) {
+		struct nbd_ra *s = &st->ra[i];
+
+		if ((s->state == RA_READY || s->state == RA_FAILED) &&
+		    (s->stale || s->off + s->len <= pos)) {
+			s->state = RA_FREE;
+			s->stale = 0;
+		}
+	}
+}
+
+/* Issues reads of the window [ra_next, ra_end) into free slots. Best
+ * effort: a failure to issue just ends the window (the read that needs
+ * the data will report the error). Called with the lock. */
+static void nbd_ra_fill(struct img *im)
+{
+	struct nbd_state *st = nbd_priv(im);
+	int i;
+
+	for (i = 0; i < NBD_RA_SLOTS && st->ra_next < st->ra_end; i++) {
+		struct nbd_ra *s = &st->ra[i];
+		nbd_completion_callback cb = { nbd_ra_done, s, NULL };
+		uint64_t n = st->ra_end - st->ra_next;
+
+		if (s->state != RA_FREE)
+			continue;
+		if (!s->buf) {
+			s->buf = malloc(st->req_max);
+			if (!s->buf)
+				break;
+		}
+		if (n > st->req_max)
+			n = st->req_max;
+		/* Whole blocks: the size is a multiple of min_block. */
+		if (n % st->min_block)
+			n += st->min_block - n % st->min_block;
+		s->off = st->ra_next;
+		s->len = (uint32_t)n;
+		s->stale = 0;
+		s->state = RA_PENDING;
+		if (nbd_aio_pread(st->h, s->buf, (size_t)n, s->off, cb, 0) < 0) {
+			if (s->state == RA_PENDING)
+				s->state = RA_FREE;
+			st->ra_end = st->ra_next;
+			break;
+		}
+		st->ra_next += n;
+	}
+}
+
+/* Drops the readahead overlapping a write to [off, off+len). */
+static void nbd_ra_drop(struct nbd_state *st, uint64_t off, uint64_t len)
+{
+	int i;
+
+	for (i = 0; i < NBD_RA_SLOTS; i++) {
+		struct nbd_ra *s = &st->ra[i];
+
+		if (s->state != RA_FREE && s->off < off + len &&
+		    off < s->off + s->len)
+			s->stale = 1;
+	}
+	nbd_ra_reap(st, 0);
+}
+
+/* The slot holding off with data we may serve, or NULL. */
+static struct nbd_ra *nbd_ra_find(struct nbd_state *st, uint64_t off)
+{
+	int i;
+
+	for (i = 0; i < NBD_RA_SLOTS; i++) {
+		struct nbd_ra *s = &st->ra[i];
+
+		if ((s->state == RA_PENDING || s->state == RA_READY) &&
+		    !s->stale && s->off <= off && off < s->off + s->len)
+			return s;
+	}
+	return NULL;
+}
+
+/*
+ * Serves the front of [off, off+len) from readahead slots, waiting for
+ * pending ones; returns the bytes served (0 when off is not read ahead),
+ * or -errno after a fatal error. Called with the lock.
+ */
+static int64_t nbd_ra_read(struct img *im, uint8_t *buf, uint64_t len,
+			   uint64_t off, struct err *e)
+{
+	struct nbd_state *st = nbd_priv(im);
+	uint64_t done = 0;
+	unsigned idle = 0;
+	struct nbd_ra *s;
+	int r;
+
+	nbd_ra_reap(st, off);
+	nbd_ra_fill(im);
+	while (done < len && (s = nbd_ra_find(st, off + done)) != NULL) {
+		uint64_t at = off + done - s->off, n = s->len - at;
+
+		while (s->state == RA_PENDING) {
+			r = nbd_step(st->h, im->path, &idle, NBD_TIMEOUT_MS, e);
+			if (r < 0)
+				return nbd_fail(im, r, e);
+		}
+		if (s->state != RA_READY || s->stale)
+			break;  /* a direct read reports or retries it */
+		if (n > len - done)
+			n = len - done;
+		memcpy(buf + done, s->buf + at, (size_t)n);
+		done += n;
+		if (at + n == s->len)
+			s->state = RA_FREE;
+		nbd_ra_fill(im);        /* keep the window full */
+	}
+	return (int64_t)done;
+}
+
 static int nbd_read_at(struct img *im, void *buf, size_t len, uint64_t off,
 		       struct err *e)
 {
 	struct nbd_state *st = nbd_priv(im);
+	int64_t n = 0;
 	int r;
 
 	pthread_mutex_lock(&st->lock);
 	r = nbd_check_alive(im, e);
-	if (r == 0)
-		r = nbd_rw(im, NBD_OP_READ, buf, len, off, e);
+	if (r == 0 && st->ra_end > 0) {
+		n = nbd_ra_read(im, buf, len, off, e);
+		if (n < 0)
+			r = (int)n;
+	}
+	if (r == 0 && (uint64_t)n < len)
+		r = nbd_rw(im, NBD_OP_READ, (uint8_t *)buf + n, len - (uint64_t)n,
+			   off + (uint64_t)n, e);
 	pthread_mutex_unlock(&st->lock);
 	return r;
+}
+
+/* Starts reading [off, off+len) into the readahead slots; a window that
+ * does not continue the current one replaces it. */
+static void nbd_prefetch(struct img *im, uint64_t off, uint64_t len)
+{
+	struct nbd_state *st = nbd_priv(im);
+
+	pthread_mutex_lock(&st->lock);
+	if (nbd_check_alive(im, NULL) == 0) {
+		uint64_t a = off - off % st->min_block;
+
+		nbd_ra_reap(st, a);
+		/* In order (the usual case): the window grows. Elsewhere: the
+		 * old window is dropped and a new one starts at a. */
+		if (a != st->ra_next && !(a < st->ra_next && nbd_ra_find(st, a))) {
+			nbd_ra_drop(st, 0, UINT64_MAX);
+			st->ra_next = a;
+			st->ra_end = a;
+		}
+		if (off + len > st->ra_end)
+			st->ra_end = off + len;
+		nbd_ra_fill(im);
+	}
+	pthread_mutex_unlock(&st->lock);
 }
 
 static int nbd_write_at(struct img *im, const void *buf, size_t len,
@@ -493,6 +680,7 @@ static int nbd_write_at(struct img *im, const void *buf, size_t len,
 
 	pthread_mutex_lock(&st->lock);
 	r = nbd_check_alive(im, e);
+	nbd_ra_drop(st, off, len);
 	/* nbd_rw only reads from buf for writes. */
 	if (r == 0)
 		r = nbd_rw(im, NBD_OP_WRITE, (void *)(uintptr_t)buf, len, off,
@@ -539,6 +727,7 @@ static int nbd_write_zeroes(struct img *im, uint64_t off, uint64_t len,
 	r = nbd_check_alive(im, e);
 	if (r < 0)
 		goto out;
+	nbd_ra_drop(st, off, len);
 	if (!st->can_zero && !st->zero) {
 		st->zero = calloc(1, st->req_max);
 		if (!st->zero) {
@@ -830,6 +1019,7 @@ static int nbd_dirty_extents(struct img *im, const char *bitmap,
 static void nbd_close_op(struct img *im)
 {
 	struct nbd_state *st = nbd_priv(im);
+	int i;
 
 	if (!st)
 		return;
@@ -840,6 +1030,9 @@ static void nbd_close_op(struct img *im)
 		(void)nbd_aio_disconnect(st->dh, 0);
 	nbd_close(st->h);
 	nbd_close(st->dh);
+	/* Only now, with the handles gone, no read can still fill a slot. */
+	for (i = 0; i < NBD_RA_SLOTS; i++)
+		free(st->ra[i].buf);
 	free(st->dirty_ctx);
 	free(st->bounce);
 	free(st->zero);
@@ -859,5 +1052,6 @@ static const struct img_ops img_nbd_ops = {
 	.write_zeroes = nbd_write_zeroes,
 	.flush = nbd_flush_op,
 	.dirty_extents = nbd_dirty_extents,
+	.prefetch = nbd_prefetch,
 	.close = nbd_close_op,
 };

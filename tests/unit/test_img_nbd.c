@@ -517,6 +517,16 @@ static void check_memory_target(const char *name, const char *filter,
 	if (!tap_is_int(r, 0, "%s: write_zeroes aligned and unaligned", name))
 		tap_diag("%s", e.msg);
 	tap_is_int(img_flush(im, &e), 0, "%s: flush", name);
+	/* Read ahead, then overwrite part of what was read ahead: a read must
+	 * see the new bytes, never the stale readahead. */
+	img_prefetch(im, 0, size);
+	fill(model + 4 * MiB, 300 * KiB, 77);
+	r = img_write_at(im, model + 4 * MiB, 300 * KiB, 4 * MiB, &e);
+	memset(model + 4 * MiB + 100 * KiB, 0, 8 * KiB);
+	r = r ? r : img_write_zeroes(im, 4 * MiB + 100 * KiB, 8 * KiB, &e);
+	tap_ok(r == 0 && read_all_equal(im, model, 64 * KiB, &e),
+	       "%s: writes after a prefetch are read back, not stale data", name);
+	img_prefetch(im, 0, size);
 	tap_ok(read_all_equal(im, model, size, &e),
 	       "%s: reads back the model (one big read)", name);
 	tap_ok(read_all_equal(im, model, 1 * MiB + 511, &e),
@@ -651,6 +661,41 @@ static int pattern_ok(const uint8_t *buf, size_t len, uint64_t off)
 	return 1;
 }
 
+/* Reads in the seeder's way with img_prefetch windows: in order, with
+ * gaps, backwards, odd sizes; every byte checked. */
+static int readahead_ok(struct img *im)
+{
+	static const uint64_t starts[] = { 100 * MiB + 5, 10 * MiB, 10 * MiB + 3 };
+	uint8_t *buf = malloc(64 * KiB);
+	struct err e = { 0, "" };
+	uint64_t off;
+	size_t i;
+	int ok = buf != NULL;
+
+	for (i = 0; ok && i < ARRAY_SIZE(starts); i++) {
+		uint64_t a = starts[i];
+
+		img_prefetch(im, a, 8 * MiB);
+		/* From before the window to past its end, skipping a gap. */
+		for (off = a - 1 * MiB; ok && off < a + 12 * MiB; off += 64 * KiB) {
+			size_t n = 64 * KiB - (off % 3 ? 1000 : 0);
+
+			if (off >= a + 2 * MiB && off < a + 3 * MiB)
+				continue;
+			if (img_read_at(im, buf, n, off, &e) < 0 ||
+			    !pattern_ok(buf, n, off)) {
+				tap_diag("readahead read at %llu: %s",
+					 (unsigned long long)off, e.msg);
+				ok = 0;
+			}
+			if (off == a + 6 * MiB)         /* the seeder's next call */
+				img_prefetch(im, a + 8 * MiB, 8 * MiB);
+		}
+	}
+	free(buf);
+	return ok;
+}
+
 /* Pattern reads, server errors, and a server killed mid-read. */
 static void test_pattern_and_faults(void)
 {
@@ -693,6 +738,8 @@ static void test_pattern_and_faults(void)
 			   "read past the end refused before the server sees it");
 		tap_is_int(img_write_at(im, buf, 1, 0, &e), -EROFS,
 			   "write to a read-only image refused");
+		tap_ok(readahead_ok(im), "readahead serves in-order, skipped, "
+		       "backward and extended windows correctly");
 	}
 	img_close(im);
 	im = NULL;
@@ -732,6 +779,7 @@ static void test_pattern_and_faults(void)
 		_exit(0);
 	}
 	t0 = util_now_ns();
+	img_prefetch(im, 0, 16 * MiB);          /* reads pending at the kill */
 	r = img_read_at(im, buf, 64 * MiB, 0, &e);
 	ms = (util_now_ns() - t0) / 1000000;
 	if (killer > 0)
