@@ -651,6 +651,17 @@ static int run_plan(struct run_ctx *x, struct progress *p, struct err *e)
 	x->nt = n;
 	if (x->o->force)
 		x->reset = 1;
+	for (i = 0; i < x->o->nuris; i++) {
+		size_t j;
+
+		for (j = 0; j < n && strcmp(disks[j].name, x->o->uris[i].name) != 0; j++)
+			;
+		if (j == n) {
+			rc = err_set(e, -ENOENT, "--target %s: no disk of that name on the drive",
+				     x->o->uris[i].name);
+			goto out;
+		}
+	}
 	for (i = 0; i < n; i++) {
 		struct run_target *t = &x->t[i];
 		const char *uri;
@@ -734,17 +745,6 @@ static int run_plan(struct run_ctx *x, struct progress *p, struct err *e)
 	for (i = 0; i < n; i++)
 		if (x->t[i].action == RUN_CREATE)
 			x->reset = 1;
-	for (i = 0; i < x->o->nuris; i++) {
-		size_t j;
-
-		for (j = 0; j < n && strcmp(x->t[j].m.name, x->o->uris[i].name) != 0; j++)
-			;
-		if (j == n) {
-			rc = err_set(e, -ENOENT, "--target %s: no disk of that name on the drive",
-				     x->o->uris[i].name);
-			goto out;
-		}
-	}
 	rc = 0;
 out:
 	free(disks);
