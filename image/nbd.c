@@ -36,7 +36,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 /* 16 requests of 256 KiB in flight measured best over a unix socket
  * (bench_nbd: 2 MiB requests cost more in cache misses than they save
  * in round trips); 4 MiB in flight also covers a LAN's latency. */
