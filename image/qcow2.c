@@ -1816,7 +1816,7 @@ static int q2_check_writable(struct img *im, const struct q2_hdr *h,
 			     struct err *e)
 {
 	struct qcow2 *q = q2_priv(im);
-	uint64_t per = q->cs / 2, nclusters, need, b, i, end, bytes;
+	uint64_t per = q->cs / 2, nclusters, need, b, i, end, bytes, fsz;
 	uint8_t *raw = NULL;
 	const char *why = NULL;
 	int r = 0;
@@ -1890,20 +1890,34 @@ static int q2_check_writable(struct img *im, const struct q2_hdr *h,
 		if (why)
 			break;
 	}
+	/* QEMU ends a new image with the L1 table, short of a cluster: the
+	 * writer appends whole clusters, so the last one is completed. */
+	fsz = (q->file_size + q->cs - 1) & ~(q->cs - 1);
+	if (fsz != (nclusters << q->cluster_bits))
+		fsz = q->file_size;
 	need = nclusters / per + (nclusters % per != 0);
 	for (b = 0; !why && b < need; b++)
 		if (!q->rt[b])
 			why = "a missing refcount block";
-	if (!why && (nclusters << q->cluster_bits) > q->file_size)
+	if (!why && (nclusters << q->cluster_bits) > fsz)
 		why = "refcounts beyond the end of the file";
 	if (!why && !(h->incompat & QCOW2_INCOMPAT_DIRTY) &&
-	    (nclusters << q->cluster_bits) != q->file_size)
+	    (nclusters << q->cluster_bits) != fsz)
 		why = "a file size that is not its counted clusters";
 	if (why) {
 		r = err_set(e, -ENOTSUP,
 			    "qcow2: %s: cannot write to an image with %s (only to images ferry creates)",
 			    im->path, why);
 		goto out;
+	}
+	if (fsz != q->file_size) {
+		if (ftruncate(q->fd, (off_t)fsz) < 0) {
+			r = -errno;
+			err_set(e, r, "qcow2: %s: ftruncate: %s", im->path,
+				strerror(-r));
+			goto out;
+		}
+		q->file_size = fsz;
 	}
 	q->committed = nclusters << q->cluster_bits;
 out:

@@ -929,6 +929,23 @@ static void test_writer(void)
 	write_ref("w.raw", ref, size);
 	tap_ok(sh("qemu-img compare -f qcow2 -F raw w.qcow2 w.raw") == 0,
 	       "flushed data intact, unflushed new clusters dropped");
+	/* An empty image qemu-img made keeps the same invariants. */
+	memset(ref, 0, size);
+	err_clear(&e);
+	if (sh("qemu-img create -f qcow2 q.qcow2 %llu", (unsigned long long)size) == 0 &&
+	    img_qcow2_open(tap_path("q.qcow2"), IMG_RDWR, 0, &im, &e) == 0) {
+		ok = w_write(im, ref, 0, 1 * MiB, 91, &e) == 0 &&
+		     w_write(im, ref, 20 * MiB + 5, 70000, 90, &e) == 0 &&
+		     img_flush(im, &e) == 0;
+		img_close(im);
+		im = NULL;
+		write_ref("q.raw", ref, size);
+		tap_ok(ok && sh("qemu-img check q.qcow2") == 0 &&
+		       sh("qemu-img compare -f qcow2 -F raw q.qcow2 q.raw") == 0,
+		       "writing into a new qemu-img image: clean and identical: %s", e.msg);
+	} else {
+		tap_ok(0, "open a new qemu-img image read-write: %s", e.msg);
+	}
 	r = img_qcow2_open(tap_path("v2.qcow2"), IMG_RDWR, 0, &im, &e);
 	tap_ok(r == -ENOTSUP && strstr(e.msg, "version 2"),
 	       "read-write open of a v2 image refused: %s", e.msg);
