@@ -673,6 +673,37 @@ out:
 	return rc;
 }
 
+int keys_header_backup(const char *dev, const char *path, struct err *e)
+{
+	struct crypt_device *cd = NULL;
+	struct keys_log log = { "" };
+	struct drive_info info;
+	char tmp[4096];
+	int rc;
+
+	rc = keys_load(dev, &log, &cd, &info, e);
+	if (rc < 0)
+		goto out;
+	/* libcryptsetup refuses to overwrite: write a new file, then rename. */
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) {
+		rc = err_set(e, -ENAMETOOLONG, "%s: path too long", path);
+		goto out;
+	}
+	unlink(tmp);
+	rc = crypt_header_backup(cd, CRYPT_LUKS2, tmp);
+	if (rc < 0) {
+		err_set(e, rc, "%s: header backup to %s failed: %s", dev, tmp, strerror(-rc));
+		goto out;
+	}
+	if (chmod(tmp, 0600) < 0 || rename(tmp, path) < 0) {
+		rc = err_set(e, -errno, "%s: %s", path, strerror(errno));
+		unlink(tmp);
+	}
+out:
+	crypt_free(cd);
+	return rc;
+}
+
 int keys_probe(const char *dev, struct drive_info *info, struct err *e)
 {
 	struct crypt_device *cd = NULL;

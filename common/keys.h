@@ -93,6 +93,15 @@ int keys_probe(const char *dev, struct drive_info *info, struct err *e);
 int keys_open(const char *dev, const struct secret *pass,
 	      struct drive_info *info, struct keys **out, struct err *e);
 
+/*
+ * Saves a copy of dev's LUKS2 header (keyslots included: as safe as the
+ * header on the drive, it opens only with a passphrase or key file) to
+ * path, replacing it atomically. keys_open and keys_probe accept such a
+ * copy in place of the drive, so the delta service's sender and apply can
+ * open the drive's keys while the drive itself is elsewhere.
+ */
+int keys_header_backup(const char *dev, const char *path, struct err *e);
+
 /* Derives the subkeys from a volume key (exposed for unit tests). */
 int keys_derive(const unsigned char *volume_key, size_t len, struct keys **out,
 		struct err *e);

@@ -1333,6 +1333,16 @@ static int run_prepare(struct run_ctx *x, char *mpath, size_t mlen, struct err *
 			"its manifest records; nothing vouches that this is all of it\n",
 			x->d->info.uuid, store_state_name(sb->state));
 	}
+	/* ferry-ingest apply opens the drive's keys from this copy, so hot
+	 * data can be applied after the drive is erased or gone (keys.h). */
+	{
+		char hdr[PATH_MAX + 16];
+
+		snprintf(hdr, sizeof(hdr), "%s/header.luks", x->dir);
+		rc = keys_header_backup(x->o->dev, hdr, e);
+		if (rc < 0)
+			return rc;
+	}
 	rc = ingest_bufs_alloc(&x->b, e);
 	if (rc == 0 && x->o->to)
 		rc = util_mkdirs(x->o->to, 0755, e);

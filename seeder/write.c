@@ -1120,6 +1120,17 @@ int seed_write_main(int argc, char **argv)
 			     dev);
 		goto fail;
 	}
+	/* The delta service's sender opens the drive's keys from this copy
+	 * while the drive itself ships (keys.h). */
+	{
+		char hdr[4400];
+
+		snprintf(hdr, sizeof(hdr), "%.*s/header.luks",
+			 (int)(strrchr(mpath, '/') - mpath), mpath);
+		rc = keys_header_backup(dev, hdr, &e);
+		if (rc < 0)
+			goto fail;
+	}
 	codec_free(w.d->codec);
 	w.d->codec = NULL;
 	rc = codec_new(w.d->keys, w.d->info.uuid_bin, (int)level, &w.d->codec, &e);
