@@ -648,6 +648,93 @@ ssize_t store_read_rec(struct store *s, uint64_t off, struct rec_hdr *h,
 	return (ssize_t)rec_total_len(h);
 }
 
+/* Finds the next header after off (seq > min_seq) that parses; 0 if none. */
+static uint64_t scrub_resync(struct store *s, uint64_t off, uint64_t end,
+			     uint64_t min_seq, uint8_t *buf, struct rec_hdr *h)
+{
+	while (off + REC_HDR_LEN <= end) {
+		size_t want = STORE_RBUF, i;
+
+		if (end - off < want)
+			want = (size_t)(end - off);
+		if (want < REC_HDR_LEN || pread_full(s->fd, buf, want, off) < 0)
+			return 0;
+		for (i = 0; i + REC_HDR_LEN <= want; i++) {
+			if (buf[i] != 'F' || memcmp(buf + i, "FRC1", 4) != 0)
+				continue;
+			if (rec_hdr_parse(buf + i, h, NULL) == 0 && h->seq > min_seq)
+				return off + i;
+		}
+		off += want - REC_HDR_LEN + 1;
+	}
+	return 0;
+}
+
+int store_scrub(struct store *s, uint64_t end, store_damage_fn fn, void *opaque,
+		uint64_t *records, uint8_t link[REC_DIGEST_LEN], struct err *e)
+{
+	uint8_t *buf = malloc(STORE_RBUF), digest[REC_DIGEST_LEN];
+	uint64_t off = s->sb.log_start, seq = 1, prev_off = 0;
+	struct rec_hdr h;
+	int damaged = 0, rc = 0;
+
+	memset(link, 0, REC_DIGEST_LEN);
+	*records = 0;
+	if (!buf)
+		return err_set(e, -ENOMEM, "store: out of memory");
+	if (!end || end > s->sb.device_size)
+		end = s->sb.device_size;
+	while (off < end) {
+		uint64_t next;
+
+		rc = off + REC_HDR_LEN <= end ? pread_full(s->fd, buf, REC_HDR_LEN, off) : -ENODATA;
+		if (rc == 0)
+			rc = rec_hdr_parse(buf, &h, NULL);
+		if (rc == 0 && h.seq != seq)
+			rc = -EBADMSG;
+		if (rc == 0 && off + rec_total_len(&h) > end)
+			rc = -EBADMSG;
+		if (rc < 0) {
+			/* The header is unreadable: skip to the next one. */
+			next = scrub_resync(s, off + 1, end, seq - 1, buf, &h);
+			fn(opaque, off, (next ? next : end) - off, seq,
+			   next ? "record header damaged" : "log damaged to its end");
+			damaged++;
+			rc = 0;
+			if (!next)
+				break;
+			off = next;
+			seq = h.seq;
+			memcpy(link, h.prev, REC_DIGEST_LEN);
+			continue;
+		}
+		if (sodium_memcmp(h.prev, link, REC_DIGEST_LEN) != 0) {
+			/* The record before changed (or this header's prev did):
+			 * the range named spans both. */
+			uint64_t from = prev_off ? prev_off : off;
+
+			fn(opaque, from, off + REC_HDR_LEN - from, prev_off ? seq - 1 : seq,
+			   "record changed (its digest no longer matches the chain)");
+			damaged++;
+			memcpy(link, h.prev, REC_DIGEST_LEN);
+		}
+		if (h.payload_len + (size_t)REC_HDR_LEN > STORE_RBUF ||
+		    pread_full(s->fd, buf, rec_total_len(&h), off) < 0) {
+			fn(opaque, off, end - off, seq, "record runs past the end of the drive");
+			damaged++;
+			break;
+		}
+		rec_digest(buf, (size_t)rec_total_len(&h), digest);
+		rec_link(link, digest, link);
+		*records = seq;
+		prev_off = off;
+		off += rec_total_len(&h);
+		seq++;
+	}
+	free(buf);
+	return rc < 0 ? rc : damaged;
+}
+
 /*
  * Fills buf from the log at off with up to STORE_RBUF bytes (less at end).
  * Returns the bytes read, 0 when a tolerant scan meets the end of the

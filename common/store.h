@@ -147,6 +147,22 @@ struct store_scan_pos {
 int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
 	       int tolerant, store_rec_fn fn, void *opaque, struct err *e);
 
+/*
+ * Keyless scrub: walks the log from log_start to end checking every record
+ * header and the chain of links, without any key. Where a record is
+ * damaged it reports the damaged byte range and goes on: a header that
+ * does not parse is skipped by searching forward for the next header that
+ * parses with a higher sequence number; a link that does not match means
+ * the record before (or this header's prev) was changed, and the walk goes
+ * on from the link this header states. On return *records is the last
+ * sequence number seen and link the chain link after it (to compare with
+ * a receipt's). Returns the number of damaged ranges, or -errno.
+ */
+typedef void (*store_damage_fn)(void *opaque, uint64_t off, uint64_t len,
+				uint64_t seq, const char *why);
+int store_scrub(struct store *s, uint64_t end, store_damage_fn fn, void *opaque,
+		uint64_t *records, uint8_t link[REC_DIGEST_LEN], struct err *e);
+
 /* Moves the append position to pos (after a roll-forward). */
 int store_set_tail(struct store *s, const struct store_scan_pos *pos,
 		   struct err *e);
