@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "codec.h"
 #include "err.h"
 
 #define WIRE_VERSION 1
@@ -97,5 +98,97 @@ int wire_recv(struct wire_conn *c, uint8_t *type, uint8_t *body, size_t cap,
 /* The socket, for poll(). */
 int wire_fd(const struct wire_conn *c);
 void wire_close(struct wire_conn *c);
+
+/* ---- additions (ingest serve, tests, fuzz) ---- */
+
+#define WIRE_MIN_VERSION 1
+#define WIRE_HANDSHAKE_LEN 64       /* each side's plaintext hello */
+#define WIRE_NONCE_LEN 24
+/* Ciphertext length of one message: type byte + body + secretstream's
+ * 17 bytes; a frame announcing more is refused before any allocation. */
+#define WIRE_MAX_FRAME (WIRE_MAX_BODY + 1u + 17u)
+/* The client's first message (its HELLO) is read inside wire_accept, with
+ * this smaller limit: a peer not yet proven to hold its key may not make
+ * the server allocate more. */
+#define WIRE_MAX_FIRST 4096u
+#define WIRE_ERROR_MAX 512          /* ERROR text bytes */
+#define WIRE_UUID_LEN 16
+#define WIRE_LINK_LEN 32
+#define WIRE_MAX_RANGES 65536u      /* ranges in one REPAIR message */
+#define WIRE_HELLO_BODY_LEN 18      /* le16 version, uuid[16] */
+#define WIRE_RESUME_BODY_LEN 40     /* le64 seq, link[32] */
+#define WIRE_ACK_BODY_LEN 8
+#define WIRE_RANGE_LEN 24
+
+/* The plaintext handshake hello of either side. */
+struct wire_handshake {
+	uint8_t version;           /* 0 from a server: no common version */
+	uint8_t pk[WIRE_PK_LEN];
+	uint8_t nonce[WIRE_NONCE_LEN];
+};
+/* -EPROTO when the magic or the reserved byte is wrong. Pure. */
+int wire_handshake_parse(const uint8_t in[WIRE_HANDSHAKE_LEN],
+			 struct wire_handshake *h, struct err *e);
+void wire_handshake_pack(const struct wire_handshake *h,
+			 uint8_t out[WIRE_HANDSHAKE_LEN]);
+
+/* Message bodies; every parser is pure and returns -EPROTO on any
+ * malformation (the exact length is required unless said otherwise). */
+struct wire_hello {
+	uint16_t version;
+	uint8_t drive[WIRE_UUID_LEN];
+};
+/* Bytes after the 18 known ones are ignored (later versions may add
+ * sender state), up to WIRE_MAX_FIRST. */
+int wire_hello_parse(const uint8_t *b, size_t len, struct wire_hello *h,
+		     struct err *e);
+size_t wire_hello_pack(const struct wire_hello *h, uint8_t out[WIRE_HELLO_BODY_LEN]);
+
+struct wire_resume {
+	uint64_t seq;                 /* highest durable seq, 0: none */
+	uint8_t link[WIRE_LINK_LEN];  /* chain link after it (zeros for 0) */
+};
+int wire_resume_parse(const uint8_t *b, size_t len, struct wire_resume *r,
+		      struct err *e);
+size_t wire_resume_pack(const struct wire_resume *r, uint8_t out[WIRE_RESUME_BODY_LEN]);
+
+int wire_ack_parse(const uint8_t *b, size_t len, uint64_t *seq, struct err *e);
+size_t wire_ack_pack(uint64_t seq, uint8_t out[WIRE_ACK_BODY_LEN]);
+
+struct wire_range {
+	uint64_t disk;
+	uint64_t offset;
+	uint64_t length;
+};
+/* le32 count, then count x (le64 disk, le64 offset, le64 length); count
+ * <= WIRE_MAX_RANGES and <= cap, length > 0, offset + length no overflow. */
+int wire_repair_parse(const uint8_t *b, size_t len, struct wire_range *out,
+		      size_t cap, size_t *n, struct err *e);
+/* Size of a REPAIR body of n ranges. */
+size_t wire_repair_size(size_t n);
+/* Writes the body into out (cap >= wire_repair_size(n)); returns its length,
+ * or 0 when n > WIRE_MAX_RANGES or it does not fit. */
+size_t wire_repair_pack(const struct wire_range *r, size_t n, uint8_t *out,
+			size_t cap);
+
+/* A RECORD body: parses the header and checks len == its total length.
+ * Keyless; the stream checks (seq, chain) are the journal's. */
+int wire_record_parse(const uint8_t *b, size_t len, struct rec_hdr *h,
+		      struct err *e);
+
+/* An ERROR body as safe text: at most WIRE_ERROR_MAX bytes, anything not
+ * printable ASCII becomes '?'; out gets a NUL-terminated copy. */
+void wire_error_text(const uint8_t *b, size_t len, char *out, size_t cap);
+
+/* The negotiated version. */
+int wire_version(const struct wire_conn *c);
+/* 1 when a message has begun to arrive (or is already buffered), so a
+ * wire_recv now would not wait for the peer to start sending; 0 otherwise. */
+int wire_readable(struct wire_conn *c);
+/* Bounds every wire_send (default 30 s); 0: forever. */
+void wire_set_send_timeout(struct wire_conn *c, int timeout_ms);
+/* Stops the connection from another thread: pending and later wire_recv
+ * and wire_send calls fail with -ECONNRESET (shutdown(2) of the socket). */
+void wire_shutdown(struct wire_conn *c);
 
 #endif
