@@ -7,6 +7,8 @@
 #include "../common/util.h"
 #include "seed.h"
 
+int seed_sync_main(int argc, char **argv); /* sync.c (belongs in seed.h) */
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -17,6 +19,7 @@ static void usage(FILE *f)
 		"commands:\n"
 		"  write DEVICE NAME=SOURCE...   seed disk images onto the drive (resumable)\n"
 		"  seal  DEVICE --receipt OUT    final checkpoint, seal, write the receipt\n"
+		"  sync  --state DIR --to H:P    send hot data to ferry-ingest serve (delta sync)\n"
 		"\n"
 		"Run 'ferry-seed COMMAND --help' for a command's options.\n");
 }
@@ -57,6 +60,8 @@ int main(int argc, char **argv)
 		return seed_write_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "seal"))
 		return seed_seal_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "sync"))
+		return seed_sync_main(argc - 1, argv + 1);
 	cli_error(SEED_PROG, "unknown command \"%s\" (try --help)", argv[1]);
 	return EXIT_USAGE;
 }
