@@ -63,6 +63,7 @@
 #define VMDK_MAX_GRAIN_SECTORS 2048u    /* 1 MiB grains */
 #define VMDK_MAX_GTES 4096u             /* entries in one grain table */
 #define VMDK_GT_SLOTS 256u              /* cached grain tables per image */
+#define VMDK_ZC_SLOTS 8u                /* inflated grains kept per image */
 #define VMDK_MAX_LINE 4096u
 
 /* What img_vmdk_create writes. */
@@ -136,6 +137,17 @@ struct vmdk_gt_slot {
 	uint32_t *e;                    /* host order */
 };
 
+/* A recently inflated grain, for reads smaller than a grain (4 KiB
+ * chunks would otherwise inflate each 64 KiB grain sixteen times).
+ * Compressed extents are never writable, so an entry never goes stale. */
+struct vmdk_zc_slot {
+	uint32_t ext;                   /* extent index + 1; 0 = empty */
+	uint64_t grain;
+	uint64_t used;                  /* clock of the last hit, for LRU */
+	uint64_t cap;
+	uint8_t *data;                  /* one grain */
+};
+
 struct vmdk {
 	struct vmdk_extent *ext;
 	unsigned n_ext;
@@ -144,6 +156,8 @@ struct vmdk {
 	pthread_mutex_t lock;
 	int lock_init;
 	struct vmdk_gt_slot slot[VMDK_GT_SLOTS];
+	struct vmdk_zc_slot zc[VMDK_ZC_SLOTS];
+	uint64_t zc_clock;
 	/* streamOptimized writer: ext[0] is FLAT over an unlinked temp file */
 	int stream;
 	int dirty;
@@ -1011,6 +1025,58 @@ static int vmdk_grain_inflate(const struct vmdk_extent *x, uint32_t gte,
 	return 0;
 }
 
+/* Copies [in, in+take) of inflated grain g of extent xi from the cache;
+ * returns 1 on a hit. */
+static int vmdk_zc_get(struct vmdk *v, unsigned xi, uint64_t g, uint64_t in,
+		       uint64_t take, uint8_t *buf)
+{
+	unsigned i;
+	int hit = 0;
+
+	pthread_mutex_lock(&v->lock);
+	for (i = 0; i < VMDK_ZC_SLOTS; i++) {
+		struct vmdk_zc_slot *z = &v->zc[i];
+
+		if (z->ext == xi + 1 && z->grain == g) {
+			memcpy(buf, z->data + in, (size_t)take);
+			z->used = ++v->zc_clock;
+			hit = 1;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&v->lock);
+	return hit;
+}
+
+/* Keeps an inflated grain in the least recently used slot (best effort:
+ * out of memory only means no caching). */
+static void vmdk_zc_put(struct vmdk *v, unsigned xi, uint64_t g,
+			const uint8_t *data, uint64_t len)
+{
+	struct vmdk_zc_slot *z = &v->zc[0];
+	unsigned i;
+
+	pthread_mutex_lock(&v->lock);
+	for (i = 1; i < VMDK_ZC_SLOTS; i++)
+		if (v->zc[i].used < z->used)
+			z = &v->zc[i];
+	if (z->cap < len) {
+		uint8_t *nd = realloc(z->data, (size_t)len);
+
+		if (!nd) {
+			pthread_mutex_unlock(&v->lock);
+			return;
+		}
+		z->data = nd;
+		z->cap = len;
+	}
+	memcpy(z->data, data, (size_t)len);
+	z->ext = xi + 1;
+	z->grain = g;
+	z->used = ++v->zc_clock;
+	pthread_mutex_unlock(&v->lock);
+}
+
 /* An allocated grain is any entry but 0 (and 1 with zeroed grains). */
 static int vmdk_gte_allocated(const struct vmdk_sparse *sp, uint32_t gte)
 {
@@ -1081,7 +1147,7 @@ static int vmdk_sparse_read(struct vmdk *v, unsigned xi, uint8_t *buf,
 					r = vmdk_grain_inflate(x, gte,
 							       g * sp->grain_sectors,
 							       buf, need, &z, e);
-				} else {
+				} else if (!vmdk_zc_get(v, xi, g, in, take, buf)) {
 					if (!z.gbuf && !(z.gbuf = malloc(gb))) {
 						r = err_set(e, -ENOMEM,
 							    "vmdk: %s: out of memory",
@@ -1091,8 +1157,10 @@ static int vmdk_sparse_read(struct vmdk *v, unsigned xi, uint8_t *buf,
 					r = vmdk_grain_inflate(x, gte,
 							       g * sp->grain_sectors,
 							       z.gbuf, need, &z, e);
-					if (r == 0)
+					if (r == 0) {
 						memcpy(buf, z.gbuf + in, (size_t)take);
+						vmdk_zc_put(v, xi, g, z.gbuf, gb);
+					}
 				}
 			} else {
 				uint64_t fo = (uint64_t)gte * VMDK_SECTOR + in;
@@ -2111,6 +2179,8 @@ static void vmdk_free(struct vmdk *v)
 	free(v->ext);
 	for (i = 0; i < VMDK_GT_SLOTS; i++)
 		free(v->slot[i].e);
+	for (i = 0; i < VMDK_ZC_SLOTS; i++)
+		free(v->zc[i].data);
 	if (v->lock_init)
 		pthread_mutex_destroy(&v->lock);
 	if (v->out_fd >= 0)
