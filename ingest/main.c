@@ -17,6 +17,9 @@ struct ingest_cmd {
 	const char *summary;
 };
 
+/* serve.c (its prototype belongs in ingest.h, which is not serve's file) */
+int ingest_serve(int argc, char **argv);
+
 static const struct ingest_cmd ingest_cmds[] = {
 	{ "verify", ingest_verify,
 	  "check an arrived drive (and its receipt); writes nothing" },
@@ -24,6 +27,8 @@ static const struct ingest_cmd ingest_cmds[] = {
 	  "write the drive's disks into target images, resumably, and check them" },
 	{ "manifest", ingest_manifest,
 	  "export the drive's manifest as a plain SQLite file" },
+	{ "serve", ingest_serve,
+	  "receive hot data from senders into a journal (delta service)" },
 };
 
 static void ingest_help(FILE *f)

@@ -1,0 +1,847 @@
+/*
+ * ferry-ingest serve: the delta service's receiver. Senders (ferry-seed
+ * sync) connect over TCP (common/wire.c), and their hot records are stored,
+ * still encrypted, in a journal folder (common/journal.c); docs/WIRE.md.
+ *
+ * Design note. One thread per connection, at most --max-conns; the journal
+ * is shared behind one mutex (its calls are short: an append, a sync).
+ * A session: handshake (an unknown key is dropped after its 64-byte hello,
+ * before anything is written), HELLO -> RESUME (+ REPAIR), then RECORDs;
+ * records are appended as they come and acknowledged in batches once
+ * durable.
+ *
+ * Invariants:
+ *  1. An ACK for seq n is sent only after journal_sync returned 0 with
+ *     record n appended: the record's bytes and index row are durable.
+ *  2. A stream (drive, sender) is owned by at most one connection. A new
+ *     connection for an owned stream shuts the old one down and waits for
+ *     it to sync and let go, so a sender that reconnects after a broken
+ *     link takes over at once and RESUME is always the durable tail.
+ *  3. A record that would pass --max-journal or --max-sender is refused
+ *     whole (checked before anything of it is written), with an ERROR
+ *     naming the limit; records before it are synced and acknowledged.
+ *  4. Memory per connection is bounded: one record buffer and the wire's
+ *     frame buffers, each at most WIRE_MAX_FRAME, grown only as messages
+ *     need them.
+ *  5. SIGTERM/SIGINT: no new connections; every session is shut down, syncs
+ *     what it appended and ends; the journal closes cleanly.
+ */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/cli.h"
+#include "../common/journal.h"
+#include "../common/util.h"
+#include "../common/wire.h"
+#include "ingest.h"
+
+#define SERVE_CMD "serve"
+#define SERVE_DEFAULT_LISTEN "127.0.0.1:7810"
+#define SERVE_DEFAULT_CONNS 64
+#define SERVE_MAX_CONNS 4096
+#define SERVE_MAX_ALLOW 4096
+#define SERVE_HANDSHAKE_MS 10000
+#define SERVE_IDLE_MS 600000        /* a silent sender is dropped after this */
+#define SERVE_TAKEOVER_MS 15000
+#define SERVE_BATCH_RECORDS 256     /* records per sync at most */
+#define SERVE_BATCH_BYTES (64u << 20)
+#define SERVE_REC_CAP ((size_t)REC_HDR_LEN + REC_MAX_PAYLOAD)
+
+int ingest_serve(int argc, char **argv);
+
+struct serve_opts {
+	const char *journal;
+	const char *listen;
+	uint8_t (*allow)[WIRE_PK_LEN];
+	size_t nallow;
+	uint64_t max_journal;   /* 0: unlimited */
+	uint64_t max_sender;
+	unsigned max_conns;
+	int json;
+	int print_key;
+};
+
+struct serve;
+
+struct serve_conn {
+	struct serve *sv;
+	pthread_t th;
+	int fd;                 /* the socket; closed by the thread at the end */
+	struct wire_conn *w;    /* set once the handshake passed */
+	int64_t stream;         /* owned stream (invariant 2), 0: none */
+	int done;               /* the thread has finished */
+	unsigned long no;
+	char addr[INET6_ADDRSTRLEN + 8];
+	struct serve_conn *next;
+};
+
+struct serve {
+	const struct serve_opts *o;
+	struct wire_identity *id;
+	struct journal *j;
+	pthread_mutex_t mu;     /* journal, conns, streams */
+	pthread_cond_t cv;
+	pthread_mutex_t log_mu;
+	struct serve_conn *conns;
+	unsigned nconns;
+	unsigned long next_no;
+	atomic_int stopping;
+};
+
+static int serve_sig_pipe[2] = { -1, -1 };
+
+static void serve_on_signal(int sig)
+{
+	int saved = errno;
+	char c = (char)sig;
+
+	if (write(serve_sig_pipe[1], &c, 1) < 0) {
+		/* nothing to do: a signal is already pending */
+	}
+	errno = saved;
+}
+
+static void serve_help(void)
+{
+	printf("usage: " INGEST_PROG " serve --journal DIR [OPTIONS]\n"
+	       "       " INGEST_PROG " serve --journal DIR --print-key\n\n"
+	       "Receives hot data from senders (ferry-seed sync) and keeps it, still "
+	       "encrypted,\nin a journal folder for ferry-ingest apply. Only senders "
+	       "whose public key is\nallowed may connect.\n\n"
+	       "options:\n"
+	       "  --journal DIR       the journal folder (made on first start, with "
+	       "the\n                      service's key pair in DIR/identity)\n"
+	       "  --listen ADDR:PORT  where to listen (default " SERVE_DEFAULT_LISTEN
+	       "; port 0: any)\n"
+	       "  --allow KEY         admit the sender with this public key (64 hex); "
+	       "repeatable\n"
+	       "  --allow-file F      admit the keys in F (one per line, # comments)\n"
+	       "  --max-journal SIZE  refuse records past this journal size\n"
+	       "  --max-sender SIZE   refuse records past this size per sender\n"
+	       "  --max-conns N       concurrent connections (default %d)\n"
+	       "  --json              events as JSON lines on stdout\n"
+	       "  --print-key         print the service's public key and exit\n"
+	       "  --help              this text\n", SERVE_DEFAULT_CONNS);
+}
+
+/* ---- events: one line each ---- */
+
+static void serve_event(struct serve *sv, const char *event, unsigned long no,
+			const char *addr, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+
+static void serve_event(struct serve *sv, const char *event, unsigned long no,
+			const char *addr, const char *fmt, ...)
+{
+	char msg[1024], ts[32];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	pthread_mutex_lock(&sv->log_mu);
+	if (sv->o->json) {
+		json_t *o = json_object();
+
+		json_object_set_new(o, "event", json_string(event));
+		if (no)
+			json_object_set_new(o, "conn", json_integer((json_int_t)no));
+		if (addr)
+			json_object_set_new(o, "peer", json_string(addr));
+		json_object_set_new(o, "message", json_string(msg));
+		cli_json_emit(o);
+	} else {
+		util_fmt_time(util_wall_s(), ts, sizeof(ts));
+		if (no)
+			fprintf(stderr, "%s " INGEST_PROG " serve: conn %lu %s: %s: %s\n", ts,
+				no, addr ? addr : "", event, msg);
+		else
+			fprintf(stderr, "%s " INGEST_PROG " serve: %s: %s\n", ts, event, msg);
+		fflush(stderr);
+	}
+	pthread_mutex_unlock(&sv->log_mu);
+}
+
+/* ---- options ---- */
+
+static int serve_allow_add(struct serve_opts *o, const char *text, struct err *e)
+{
+	uint8_t (*p)[WIRE_PK_LEN];
+	int r;
+
+	if (o->nallow >= SERVE_MAX_ALLOW)
+		return err_set(e, -E2BIG, "more than %d allowed keys", SERVE_MAX_ALLOW);
+	p = realloc(o->allow, (o->nallow + 1) * sizeof(*p));
+	if (!p)
+		return err_set(e, -ENOMEM, "out of memory");
+	o->allow = p;
+	r = wire_key_parse(text, o->allow[o->nallow], e);
+	if (r < 0)
+		return r;
+	o->nallow++;
+	return 0;
+}
+
+static int serve_allow_file(struct serve_opts *o, const char *path, struct err *e)
+{
+	uint8_t *buf = NULL;
+	size_t len = 0, i = 0, a, b;
+	unsigned line = 0;
+	char key[WIRE_KEY_TEXT_LEN + 1];
+	int r;
+
+	r = util_read_file(path, 1u << 20, &buf, &len, e);
+	if (r < 0)
+		return r;
+	while (i < len) {
+		size_t eol = i;
+
+		while (eol < len && buf[eol] != '\n')
+			eol++;
+		line++;
+		a = i;
+		b = eol;
+		while (a < b && (buf[a] == ' ' || buf[a] == '\t' || buf[a] == '\r'))
+			a++;
+		while (b > a && (buf[b - 1] == ' ' || buf[b - 1] == '\t' || buf[b - 1] == '\r'))
+			b--;
+		i = eol + 1;
+		if (a == b || buf[a] == '#')
+			continue;
+		if (b - a != WIRE_KEY_TEXT_LEN) {
+			r = err_set(e, -EINVAL, "%s:%u: not a public key (64 hex digits)", path, line);
+			goto out;
+		}
+		memcpy(key, buf + a, WIRE_KEY_TEXT_LEN);
+		key[WIRE_KEY_TEXT_LEN] = 0;
+		r = serve_allow_add(o, key, e);
+		if (r < 0) {
+			err_prefix(e, "%s:%u", path, line);
+			goto out;
+		}
+	}
+	r = 0;
+out:
+	free(buf);
+	return r;
+}
+
+static int serve_parse(int argc, char **argv, struct serve_opts *o)
+{
+	enum { OPT_JOURNAL = 256, OPT_LISTEN, OPT_ALLOW, OPT_ALLOW_FILE, OPT_MAX_JOURNAL,
+	       OPT_MAX_SENDER, OPT_MAX_CONNS, OPT_JSON, OPT_PRINT_KEY, OPT_HELP };
+	static const struct option longopts[] = {
+		{ "journal", required_argument, NULL, OPT_JOURNAL },
+		{ "listen", required_argument, NULL, OPT_LISTEN },
+		{ "allow", required_argument, NULL, OPT_ALLOW },
+		{ "allow-file", required_argument, NULL, OPT_ALLOW_FILE },
+		{ "max-journal", required_argument, NULL, OPT_MAX_JOURNAL },
+		{ "max-sender", required_argument, NULL, OPT_MAX_SENDER },
+		{ "max-conns", required_argument, NULL, OPT_MAX_CONNS },
+		{ "json", no_argument, NULL, OPT_JSON },
+		{ "print-key", no_argument, NULL, OPT_PRINT_KEY },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct err e;
+	uint64_t v;
+	int c;
+
+	o->listen = SERVE_DEFAULT_LISTEN;
+	o->max_conns = SERVE_DEFAULT_CONNS;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+		switch (c) {
+		case OPT_JOURNAL:
+			o->journal = optarg;
+			break;
+		case OPT_LISTEN:
+			o->listen = optarg;
+			break;
+		case OPT_ALLOW:
+			err_clear(&e);
+			if (serve_allow_add(o, optarg, &e) < 0)
+				return -ingest_usage_error(SERVE_CMD, "--allow: %s", e.msg);
+			break;
+		case OPT_ALLOW_FILE:
+			err_clear(&e);
+			if (serve_allow_file(o, optarg, &e) < 0)
+				return -ingest_usage_error(SERVE_CMD, "--allow-file: %s", e.msg);
+			break;
+		case OPT_MAX_JOURNAL:
+		case OPT_MAX_SENDER:
+			if (util_parse_size(optarg, &v) < 0 || v == 0)
+				return -ingest_usage_error(SERVE_CMD, "bad size '%s'", optarg);
+			*(c == OPT_MAX_JOURNAL ? &o->max_journal : &o->max_sender) = v;
+			break;
+		case OPT_MAX_CONNS:
+			if (util_parse_u64(optarg, 1, SERVE_MAX_CONNS, &v) < 0)
+				return -ingest_usage_error(SERVE_CMD, "--max-conns: 1 to %d",
+							   SERVE_MAX_CONNS);
+			o->max_conns = (unsigned)v;
+			break;
+		case OPT_JSON:
+			o->json = 1;
+			break;
+		case OPT_PRINT_KEY:
+			o->print_key = 1;
+			break;
+		case OPT_HELP:
+			serve_help();
+			return 1;
+		default:
+			return -ingest_getopt_error(SERVE_CMD, c, argv);
+		}
+	}
+	if (optind < argc)
+		return -ingest_usage_error(SERVE_CMD, "unexpected argument '%s'", argv[optind]);
+	if (!o->journal || !*o->journal)
+		return -ingest_usage_error(SERVE_CMD, "--journal DIR is required");
+	if (!o->print_key && o->nallow == 0)
+		return -ingest_usage_error(SERVE_CMD, "no sender is allowed: give --allow KEY "
+					   "or --allow-file F");
+	return 0;
+}
+
+/* ---- sessions ---- */
+
+static int serve_allowed(void *opaque, const uint8_t pk[WIRE_PK_LEN])
+{
+	const struct serve *sv = opaque;
+	size_t i;
+	int found = 0;
+
+	for (i = 0; i < sv->o->nallow; i++)
+		found |= sodium_memcmp(sv->o->allow[i], pk, WIRE_PK_LEN) == 0;
+	return found;
+}
+
+static void serve_send_error(struct serve_conn *c, const char *msg)
+{
+	size_t len = strlen(msg);
+
+	wire_send(c->w, WIRE_ERROR, (const uint8_t *)msg,
+		  len < WIRE_ERROR_MAX ? len : WIRE_ERROR_MAX, NULL);
+}
+
+/* Makes the batch durable and acknowledges it (invariant 1). */
+static int serve_flush(struct serve_conn *c, uint64_t *pending, uint64_t last,
+		       struct err *e)
+{
+	uint8_t body[WIRE_ACK_BODY_LEN];
+	int r;
+
+	if (!*pending)
+		return 0;
+	pthread_mutex_lock(&c->sv->mu);
+	r = journal_sync(c->sv->j, e);
+	pthread_mutex_unlock(&c->sv->mu);
+	if (r < 0)
+		return r;
+	*pending = 0;
+	return wire_send(c->w, WIRE_ACK, body, wire_ack_pack(last, body), e);
+}
+
+/* Takes the stream (invariant 2); called with sv->mu held. */
+static int serve_take_stream(struct serve_conn *c, int64_t stream, struct err *e)
+{
+	struct serve *sv = c->sv;
+	struct serve_conn *o;
+	struct timespec until;
+	int busy;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += SERVE_TAKEOVER_MS / 1000;
+	for (;;) {
+		busy = 0;
+		for (o = sv->conns; o; o = o->next)
+			if (o != c && o->stream == stream) {
+				busy = 1;
+				wire_shutdown(o->w);
+			}
+		if (!busy)
+			break;
+		if (pthread_cond_timedwait(&sv->cv, &sv->mu, &until) == ETIMEDOUT)
+			return err_set(e, -EBUSY, "another connection still holds this stream");
+	}
+	c->stream = stream;
+	return 0;
+}
+
+static int serve_session(struct serve_conn *c, uint8_t *buf, const uint8_t pk[WIRE_PK_LEN],
+			 const char *key, uint64_t *nrec, uint64_t *nbytes, struct err *e)
+{
+	struct serve *sv = c->sv;
+	struct wire_hello hello;
+	struct wire_resume res;
+	struct journal_stream st;
+	struct journal_range *rep = NULL;
+	struct wire_range *wr = NULL;
+	struct rec_hdr h;
+	uint8_t type, *rb = NULL;
+	uint8_t body[WIRE_RESUME_BODY_LEN];
+	char uuid[2 * WIRE_UUID_LEN + 1];
+	uint64_t pending = 0, pending_bytes = 0, last = 0, total, mine;
+	size_t len, nrep = 0, i;
+	int r;
+
+	r = wire_recv(c->w, &type, buf, SERVE_REC_CAP, &len, SERVE_HANDSHAKE_MS, e);
+	if (r < 0)
+		return r;
+	if (type != WIRE_HELLO) {
+		r = err_set(e, -EPROTO, "first message is %u, not HELLO", type);
+		goto proto;
+	}
+	r = wire_hello_parse(buf, len, &hello, e);
+	if (r == 0 && hello.version != wire_version(c->w))
+		r = err_set(e, -EPROTO, "HELLO version %u on a version %d session",
+			    hello.version, wire_version(c->w));
+	if (r < 0)
+		goto proto;
+	util_hex(hello.drive, WIRE_UUID_LEN, uuid);
+
+	pthread_mutex_lock(&sv->mu);
+	r = journal_stream_open(sv->j, hello.drive, pk, &st, e);
+	if (r == 0)
+		r = serve_take_stream(c, st.id, e);
+	if (r == 0)
+		r = journal_stream_open(sv->j, hello.drive, pk, &st, e);
+	if (r == 0)
+		r = journal_repair_list(sv->j, hello.drive, WIRE_MAX_RANGES, &rep, &nrep, e);
+	pthread_mutex_unlock(&sv->mu);
+	if (r < 0) {
+		serve_send_error(c, e->msg);
+		goto out;
+	}
+	serve_event(sv, "session", c->no, c->addr, "key %.16s drive %s: resume after %llu%s",
+		    key, uuid, (unsigned long long)st.last_seq,
+		    nrep ? " (repair requested)" : "");
+	res.seq = st.last_seq;
+	memcpy(res.link, st.link, WIRE_LINK_LEN);
+	last = st.last_seq;
+	r = wire_send(c->w, WIRE_RESUME, body, wire_resume_pack(&res, body), e);
+	if (r < 0)
+		goto out;
+	if (nrep) {
+		wr = calloc(nrep, sizeof(*wr));
+		rb = malloc(wire_repair_size(nrep));
+		if (!wr || !rb) {
+			r = err_set(e, -ENOMEM, "out of memory");
+			goto out;
+		}
+		for (i = 0; i < nrep; i++) {
+			wr[i].disk = rep[i].disk;
+			wr[i].offset = rep[i].offset;
+			wr[i].length = rep[i].length;
+		}
+		r = wire_send(c->w, WIRE_REPAIR, rb,
+			      wire_repair_pack(wr, nrep, rb, wire_repair_size(nrep)), e);
+		if (r < 0)
+			goto out;
+	}
+
+	for (;;) {
+		r = wire_recv(c->w, &type, buf, SERVE_REC_CAP, &len, SERVE_IDLE_MS, e);
+		if (r < 0)
+			break;
+		if (type == WIRE_BYE) {
+			r = serve_flush(c, &pending, last, e);
+			if (r == 0)
+				wire_send(c->w, WIRE_BYE, NULL, 0, NULL);
+			goto out;
+		}
+		if (type == WIRE_ERROR) {
+			char text[WIRE_ERROR_MAX + 1];
+
+			wire_error_text(buf, len, text, sizeof(text));
+			r = err_set(e, -ECONNABORTED, "sender: %s", text);
+			break;
+		}
+		if (type != WIRE_RECORD) {
+			r = err_set(e, -EPROTO, "unexpected message %u", type);
+			goto flush_proto;
+		}
+		r = wire_record_parse(buf, len, &h, e);
+		if (r < 0)
+			goto flush_proto;
+		pthread_mutex_lock(&sv->mu);
+		total = journal_bytes_total(sv->j);
+		mine = journal_bytes_sender(sv->j, pk);
+		if (sv->o->max_journal && (total + len > sv->o->max_journal)) {
+			char s1[32];
+
+			r = err_set(e, -ENOSPC, "journal full: --max-journal %s reached",
+				    util_fmt_size(sv->o->max_journal, s1, sizeof(s1)));
+		} else if (sv->o->max_sender && mine + len > sv->o->max_sender) {
+			char s1[32];
+
+			r = err_set(e, -EDQUOT, "sender quota: --max-sender %s reached",
+				    util_fmt_size(sv->o->max_sender, s1, sizeof(s1)));
+		} else {
+			r = journal_append(sv->j, c->stream, buf, len, e);
+		}
+		pthread_mutex_unlock(&sv->mu);
+		if (r < 0)
+			goto flush_proto;
+		pending++;
+		pending_bytes += len;
+		last = h.seq;
+		(*nrec)++;
+		*nbytes += len;
+		if (pending >= SERVE_BATCH_RECORDS || pending_bytes >= SERVE_BATCH_BYTES ||
+		    !wire_readable(c->w)) {
+			r = serve_flush(c, &pending, last, e);
+			pending_bytes = 0;
+			if (r < 0)
+				goto out;
+		}
+	}
+	/* The link broke or the sender stopped: keep what fully arrived. */
+	if (pending) {
+		struct err e2;
+
+		err_clear(&e2);
+		pthread_mutex_lock(&sv->mu);
+		journal_sync(sv->j, &e2);
+		pthread_mutex_unlock(&sv->mu);
+	}
+	goto out;
+flush_proto:
+	{
+		struct err e2;
+
+		err_clear(&e2);
+		serve_flush(c, &pending, last, &e2);
+	}
+proto:
+	serve_send_error(c, e->msg);
+out:
+	free(rep);
+	free(wr);
+	free(rb);
+	return r;
+}
+
+static void *serve_conn_main(void *arg)
+{
+	struct serve_conn *c = arg;
+	struct serve *sv = c->sv;
+	struct wire_conn *w = NULL;
+	uint8_t pk[WIRE_PK_LEN], *buf = NULL;
+	char key[WIRE_KEY_TEXT_LEN + 1];
+	uint64_t nrec = 0, nbytes = 0;
+	struct err e;
+	int r, fd;
+
+	err_clear(&e);
+	fd = dup(c->fd);
+	if (fd < 0) {
+		serve_event(sv, "error", c->no, c->addr, "dup: %s", strerror(errno));
+		goto out;
+	}
+	r = wire_accept(fd, sv->id, serve_allowed, sv, SERVE_HANDSHAKE_MS, &w, pk, &e);
+	if (r < 0) {
+		serve_event(sv, r == -EPERM ? "refused" : "handshake-failed", c->no, c->addr,
+			    "%s", e.msg);
+		goto out;
+	}
+	wire_key_format(pk, key);
+	pthread_mutex_lock(&sv->mu);
+	c->w = w;
+	pthread_mutex_unlock(&sv->mu);
+	buf = malloc(SERVE_REC_CAP);
+	if (!buf) {
+		serve_event(sv, "error", c->no, c->addr, "out of memory");
+		goto out;
+	}
+	err_clear(&e);
+	r = serve_session(c, buf, pk, key, &nrec, &nbytes, &e);
+	serve_event(sv, r < 0 ? "closed" : "done", c->no, c->addr,
+		    "key %.16s: %llu records, %llu bytes%s%s", key, (unsigned long long)nrec,
+		    (unsigned long long)nbytes, r < 0 ? ": " : "", r < 0 ? e.msg : "");
+out:
+	pthread_mutex_lock(&sv->mu);
+	c->stream = 0;
+	c->w = NULL;
+	c->done = 1;
+	close(c->fd);
+	c->fd = -1;
+	pthread_cond_broadcast(&sv->cv);
+	pthread_mutex_unlock(&sv->mu);
+	wire_close(w);
+	free(buf);
+	return NULL;
+}
+
+/* Joins finished connection threads (all of them when all). */
+static void serve_reap(struct serve *sv, int all)
+{
+	struct serve_conn **pp, *c;
+
+	for (;;) {
+		pthread_mutex_lock(&sv->mu);
+		for (pp = &sv->conns; *pp && !(*pp)->done; pp = &(*pp)->next)
+			;
+		c = *pp;
+		if (c) {
+			*pp = c->next;
+			sv->nconns--;
+		} else if (all && sv->conns) {
+			pthread_cond_wait(&sv->cv, &sv->mu);
+			pthread_mutex_unlock(&sv->mu);
+			continue;
+		}
+		pthread_mutex_unlock(&sv->mu);
+		if (!c)
+			return;
+		pthread_join(c->th, NULL);
+		free(c);
+	}
+}
+
+static int serve_listen(const char *hp, int *out, char *shown, size_t slen,
+			struct err *e)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE },
+			*res = NULL;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[256], port[16], h[INET6_ADDRSTRLEN];
+	const char *colon, *hs = hp, *end;
+	int fd = -1, one = 1, r;
+
+	*out = -1;
+	if (hp[0] == '[') {
+		end = strchr(hp, ']');
+		colon = end && end[1] == ':' ? end + 1 : NULL;
+		hs = hp + 1;
+	} else {
+		colon = strrchr(hp, ':');
+		end = colon;
+	}
+	if (!colon || !end || end <= hs || (size_t)(end - hs) >= sizeof(host) ||
+	    strlen(colon + 1) >= sizeof(port) || !colon[1])
+		return err_set(e, -EINVAL, "--listen '%s' is not ADDR:PORT", hp);
+	memcpy(host, hs, (size_t)(end - hs));
+	host[end - hs] = 0;
+	memcpy(port, colon + 1, strlen(colon + 1) + 1);
+	r = getaddrinfo(host, port, &hints, &res);
+	if (r != 0)
+		return err_set(e, -EINVAL, "--listen %s: %s", hp, gai_strerror(r));
+	fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 128) < 0 ||
+	    getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
+		r = err_set(e, -errno, "cannot listen on %s: %s", hp, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		freeaddrinfo(res);
+		return r;
+	}
+	freeaddrinfo(res);
+	if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &a->sin6_addr, h, sizeof(h));
+		snprintf(shown, slen, "[%s]:%u", h, ntohs(a->sin6_port));
+	} else {
+		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &a->sin_addr, h, sizeof(h));
+		snprintf(shown, slen, "%s:%u", h, ntohs(a->sin_port));
+	}
+	*out = fd;
+	return 0;
+}
+
+static void serve_peer_name(const struct sockaddr_storage *ss, char *out, size_t len)
+{
+	char h[INET6_ADDRSTRLEN] = "?";
+
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+
+		inet_ntop(AF_INET6, &a->sin6_addr, h, sizeof(h));
+		snprintf(out, len, "[%s]:%u", h, ntohs(a->sin6_port));
+	} else {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+
+		inet_ntop(AF_INET, &a->sin_addr, h, sizeof(h));
+		snprintf(out, len, "%s:%u", h, ntohs(a->sin_port));
+	}
+}
+
+static int serve_loop(struct serve *sv, int lfd, struct err *e)
+{
+	struct pollfd p[2];
+	struct sockaddr_storage ss;
+	struct serve_conn *c;
+	socklen_t sl;
+	char addr[INET6_ADDRSTRLEN + 8];
+	int fd, n;
+
+	p[0].fd = lfd;
+	p[0].events = POLLIN;
+	p[1].fd = serve_sig_pipe[0];
+	p[1].events = POLLIN;
+	for (;;) {
+		n = poll(p, 2, 1000);
+		serve_reap(sv, 0);
+		if (n < 0 && errno != EINTR)
+			return err_set(e, -errno, "poll: %s", strerror(errno));
+		if (n > 0 && p[1].revents)
+			return 0;
+		if (n <= 0 || !p[0].revents)
+			continue;
+		sl = sizeof(ss);
+		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+		if (fd < 0)
+			continue;
+		serve_peer_name(&ss, addr, sizeof(addr));
+		pthread_mutex_lock(&sv->mu);
+		n = sv->nconns >= sv->o->max_conns;
+		pthread_mutex_unlock(&sv->mu);
+		if (n) {
+			serve_event(sv, "refused", 0, NULL, "%s: --max-conns %u reached", addr,
+				    sv->o->max_conns);
+			close(fd);
+			continue;
+		}
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			close(fd);
+			continue;
+		}
+		c->sv = sv;
+		c->fd = fd;
+		c->no = ++sv->next_no;
+		memcpy(c->addr, addr, sizeof(c->addr));
+		pthread_mutex_lock(&sv->mu);
+		c->next = sv->conns;
+		sv->conns = c;
+		sv->nconns++;
+		if (pthread_create(&c->th, NULL, serve_conn_main, c) != 0) {
+			sv->conns = c->next;
+			sv->nconns--;
+			close(fd);
+			free(c);
+		}
+		pthread_mutex_unlock(&sv->mu);
+	}
+}
+
+static int serve_print_key(const struct serve_opts *o)
+{
+	struct wire_identity *id = NULL;
+	char path[4096], hex[WIRE_KEY_TEXT_LEN + 1];
+	struct err e;
+	int r;
+
+	err_clear(&e);
+	r = util_mkdirs(o->journal, 0700, &e);
+	snprintf(path, sizeof(path), "%s/identity", o->journal);
+	if (r == 0)
+		r = wire_identity_load(path, 1, &id, &e);
+	if (r < 0)
+		return ingest_fail(&e);
+	wire_key_format(id->pk, hex);
+	printf("%s\n", hex);
+	wire_identity_free(id);
+	return INGEST_EXIT_OK;
+}
+
+int ingest_serve(int argc, char **argv)
+{
+	struct serve_opts o;
+	struct serve sv;
+	struct sigaction sa;
+	struct serve_conn *c;
+	char path[4096], shown[INET6_ADDRSTRLEN + 8], hex[WIRE_KEY_TEXT_LEN + 1];
+	struct err e;
+	int r, lfd = -1, status = INGEST_EXIT_FAIL;
+
+	memset(&o, 0, sizeof(o));
+	memset(&sv, 0, sizeof(sv));
+	err_clear(&e);
+	r = serve_parse(argc, argv, &o);
+	if (r != 0) {
+		free(o.allow);
+		return r > 0 ? INGEST_EXIT_OK : -r;
+	}
+	if (o.print_key) {
+		status = serve_print_key(&o);
+		free(o.allow);
+		return status;
+	}
+	sv.o = &o;
+	pthread_mutex_init(&sv.mu, NULL);
+	pthread_mutex_init(&sv.log_mu, NULL);
+	pthread_cond_init(&sv.cv, NULL);
+	if (pipe2(serve_sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+		err_set(&e, -errno, "pipe: %s", strerror(errno));
+		goto out;
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = serve_on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, NULL);
+	r = journal_open(o.journal, JOURNAL_WRITE | JOURNAL_CREATE, &sv.j, &e);
+	if (r < 0)
+		goto out;
+	snprintf(path, sizeof(path), "%s/identity", o.journal);
+	r = wire_identity_load(path, 1, &sv.id, &e);
+	if (r < 0)
+		goto out;
+	r = serve_listen(o.listen, &lfd, shown, sizeof(shown), &e);
+	if (r < 0)
+		goto out;
+	wire_key_format(sv.id->pk, hex);
+	serve_event(&sv, "listening", 0, NULL, "%s key %s, %zu senders allowed", shown, hex,
+		    o.nallow);
+	r = serve_loop(&sv, lfd, &e);
+	/* Invariant 5: stop accepting, end every session, wait for them. */
+	close(lfd);
+	lfd = -1;
+	atomic_store(&sv.stopping, 1);
+	pthread_mutex_lock(&sv.mu);
+	for (c = sv.conns; c; c = c->next) {
+		if (c->w)
+			wire_shutdown(c->w);
+		else if (c->fd >= 0)
+			shutdown(c->fd, SHUT_RDWR);
+	}
+	pthread_mutex_unlock(&sv.mu);
+	serve_reap(&sv, 1);
+	if (r < 0)
+		goto out;
+	r = journal_sync(sv.j, &e);
+	if (r < 0)
+		goto out;
+	serve_event(&sv, "stopped", 0, NULL, "clean shutdown");
+	status = INGEST_EXIT_OK;
+out:
+	if (status != INGEST_EXIT_OK)
+		ingest_fail(&e);
+	if (lfd >= 0)
+		close(lfd);
+	journal_close(sv.j);
+	wire_identity_free(sv.id);
+	free(o.allow);
+	return status;
+}
