@@ -6,6 +6,7 @@
 #   make SAN=1 ...  the same in build-san/ with ASan+UBSan
 #   make lint       banned functions and header self-containment
 #   make fuzz       libFuzzer on every parser target (FUZZ_SECONDS each)
+#   make torture    the crash harness for hundreds of rounds
 #   V=1             show full commands
 
 PREFIX ?= /usr/local
@@ -136,6 +137,12 @@ bench: deps-ok
 lint:
 	$(Q)sh tests/lint.sh
 
+# The crash harness for a long while (FERRY_CRASH_ROUNDS rounds, default 300).
+torture: deps-ok
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)FERRY_BUILD=$(CURDIR)/$(B) FERRY_CRASH_ROUNDS=$${FERRY_CRASH_ROUNDS:-300} \
+		sh tests/run.sh e2e/90_crash
+
 # libFuzzer (clang): every target for FUZZ_SECONDS over a copy of its corpus;
 # new inputs that libFuzzer keeps are left in build-fuzz/corpus/NAME.
 fuzz: deps-ok
@@ -155,7 +162,7 @@ install: $(BINS)
 clean:
 	rm -rf build build-san build-fuzz
 
-.PHONY: all deps deps-ok check demo bench lint fuzz install clean
+.PHONY: all deps deps-ok check demo bench lint fuzz torture install clean
 .SECONDARY:
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "bytes.h"
+#include "fault.h"
 #include "util.h"
 
 #define DRIVE_ZSTD_LEVEL 2
@@ -416,9 +417,11 @@ int drive_checkpoint(struct drive *d, uint32_t state, struct err *e)
 			first = off;
 		done += n;
 	}
+	fault_point("drive.checkpoint_appended");
 	rc = store_commit(d->store, state, first, d->gen, e);
 	if (rc < 0)
 		goto out;
+	fault_point("drive.checkpoint_committed");
 	/* Host bookkeeping, only now that the drive has the checkpoint. */
 	snprintf(v, sizeof(v), "%llu", (unsigned long long)d->gen);
 	rc = manifest_meta_set(d->man, "host.ckpt_gen", v, 0, e);

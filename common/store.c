@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "bytes.h"
+#include "fault.h"
 #include "util.h"
 
 #define SB_MAGIC "FERRYSB\0"
@@ -219,9 +220,15 @@ static int sb_write(int fd, const struct drive_info *info, const struct sb *sb,
 	int rc;
 
 	sb_pack(sb, k, buf);
+	fault_point("store.before_superblock");
 	rc = pwrite_full(fd, buf, sizeof(buf), off);
+	if (rc == 0)
+		fault_note_write(fd, off, sizeof(buf));
+	fault_point("store.superblock_unsynced");
 	if (rc == 0 && fdatasync(fd) < 0)
 		rc = -errno;
+	if (rc == 0)
+		fault_note_sync(fd);
 	if (rc < 0)
 		return err_set(e, rc, "write superblock: %s", strerror(-rc));
 	return 0;
@@ -446,6 +453,8 @@ static int store_drain(struct store *s, struct err *e)
 		return err_set(e, rc, "%s: write at %llu: %s", s->path,
 			       (unsigned long long)s->wbuf_off, strerror(-rc));
 	}
+	fault_note_write(s->fd, s->wbuf_off, s->wlen);
+	fault_point("store.drained");
 	/* Start write-back now, so the sync at the next commit has little
 	 * left to wait for and seeding does not stall on it. */
 	sync_file_range(s->fd, (off64_t)s->wbuf_off, (off64_t)s->wlen, SYNC_FILE_RANGE_WRITE);
@@ -567,10 +576,12 @@ int store_flush(struct store *s, struct err *e)
 
 	if (rc < 0)
 		return rc;
+	fault_point("store.before_sync");
 	if (fdatasync(s->fd) < 0) {
 		s->failed = 1;
 		return err_set(e, -errno, "%s: sync: %s", s->path, strerror(errno));
 	}
+	fault_note_sync(s->fd);
 	return 0;
 }
 

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/fault.h"
 #include "../common/util.h"
 
 #define RAW_ZERO_BUF ((size_t)1 << 20)
@@ -288,6 +289,7 @@ static int raw_write_at(struct img *im, const void *buf, size_t len,
 		return err_set(e, r, "raw: %s: write %zu bytes at %llu: %s",
 			       im->path, len, (unsigned long long)off,
 			       strerror(-r));
+	fault_note_write(raw_priv(im)->fd, off, len);
 	return 0;
 }
 
@@ -366,11 +368,13 @@ static int raw_flush(struct img *im, struct err *e)
 {
 	int r;
 
+	fault_point("img.before_flush");
 	if (fdatasync(raw_priv(im)->fd) < 0) {
 		r = -errno;
 		return err_set(e, r, "raw: %s: fdatasync: %s", im->path,
 			       strerror(-r));
 	}
+	fault_note_sync(raw_priv(im)->fd);
 	return 0;
 }
 

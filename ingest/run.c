@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "../common/cli.h"
+#include "../common/fault.h"
 #include "../common/keys.h"
 #include "../common/pool.h"
 #include "../common/root.h"
@@ -856,6 +857,7 @@ static int run_flush_and_mark(struct run_ctx *x, uint64_t hwm, struct err *e)
 	size_t i;
 	int rc;
 
+	fault_point("ingest.before_flush");
 	for (i = 0; i < x->nt; i++) {
 		if (!x->t[i].img)
 			continue;
@@ -928,6 +930,7 @@ static int run_batch_write(struct run_ctx *x, struct run_batch *bt,
 		pd->t->written += (uint64_t)sl->plen;
 		bt->bytes += (uint64_t)sl->plen;
 	}
+	fault_point("ingest.batch_written");
 	bt->n = 0;
 	bt->npend = 0;
 	return 0;
@@ -1288,14 +1291,19 @@ static int run_mark_ingested(struct run_ctx *x, const char *mpath, struct err *e
 static int run_lock(struct run_ctx *x, struct err *e)
 {
 	char path[PATH_MAX + 8];
+	int i;
 
 	snprintf(path, sizeof(path), "%s/lock", x->dir);
 	x->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (x->lock_fd < 0)
 		return err_set(e, -errno, "%s: %s", path, strerror(errno));
-	if (flock(x->lock_fd, LOCK_EX | LOCK_NB) < 0)
-		return err_set(e, -EBUSY, "another " INGEST_PROG " run is ingesting this drive"
-			       " (it holds %s)", path);
+	/* A run that was just killed may take a moment to be gone. */
+	for (i = 0; flock(x->lock_fd, LOCK_EX | LOCK_NB) < 0; i++) {
+		if (errno != EWOULDBLOCK || i == 50)
+			return err_set(e, -EBUSY, "another " INGEST_PROG " run is ingesting this drive"
+				       " (it holds %s)", path);
+		usleep(100000);
+	}
 	return 0;
 }
 

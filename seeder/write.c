@@ -29,6 +29,7 @@
 
 #include "../common/cli.h"
 #include "../common/drive.h"
+#include "../common/fault.h"
 #include "../common/pool.h"
 #include "../common/root.h"
 #include "../common/util.h"
@@ -302,6 +303,7 @@ static int writer_checkpoint(struct writer *w, struct err *e)
 	rc = manifest_commit(w->d->man, e);
 	if (rc < 0)
 		return rc;
+	fault_point("seed.before_checkpoint");
 	rc = drive_checkpoint(w->d, DRIVE_SEEDING, e);
 	if (rc < 0)
 		return rc;
@@ -506,6 +508,7 @@ static int batch_settle(struct writer *w, struct err *e)
 		pthread_cond_wait(&w->app_cv, &w->app_mu);
 	pthread_mutex_unlock(&w->app_mu);
 	w->inflight = NULL;
+	fault_point("seed.batch_appended");
 	rc = batch_record(w, b, e);
 	b->n = 0;
 	if (rc == 0)
