@@ -73,6 +73,7 @@ struct serve_opts {
 	unsigned max_conns;
 	int json;
 	int print_key;
+	int verify;
 };
 
 struct serve;
@@ -118,7 +119,8 @@ static void serve_on_signal(int sig)
 static void serve_help(void)
 {
 	printf("usage: " INGEST_PROG " serve --journal DIR [OPTIONS]\n"
-	       "       " INGEST_PROG " serve --journal DIR --print-key\n\n"
+	       "       " INGEST_PROG " serve --journal DIR --print-key\n"
+	       "       " INGEST_PROG " serve --journal DIR --verify\n\n"
 	       "Receives hot data from senders (ferry-seed sync) and keeps it, still "
 	       "encrypted,\nin a journal folder for ferry-ingest apply. Only senders "
 	       "whose public key is\nallowed may connect.\n\n"
@@ -135,6 +137,8 @@ static void serve_help(void)
 	       "  --max-conns N       concurrent connections (default %d)\n"
 	       "  --json              events as JSON lines on stdout\n"
 	       "  --print-key         print the service's public key and exit\n"
+	       "  --verify            check every stored record keylessly (header,\n"
+	       "                      sequence, chain against the index) and exit\n"
 	       "  --help              this text\n", SERVE_DEFAULT_CONNS);
 }
 
@@ -243,7 +247,7 @@ out:
 static int serve_parse(int argc, char **argv, struct serve_opts *o)
 {
 	enum { OPT_JOURNAL = 256, OPT_LISTEN, OPT_ALLOW, OPT_ALLOW_FILE, OPT_MAX_JOURNAL,
-	       OPT_MAX_SENDER, OPT_MAX_CONNS, OPT_JSON, OPT_PRINT_KEY, OPT_HELP };
+	       OPT_MAX_SENDER, OPT_MAX_CONNS, OPT_JSON, OPT_PRINT_KEY, OPT_VERIFY, OPT_HELP };
 	static const struct option longopts[] = {
 		{ "journal", required_argument, NULL, OPT_JOURNAL },
 		{ "listen", required_argument, NULL, OPT_LISTEN },
@@ -254,6 +258,7 @@ static int serve_parse(int argc, char **argv, struct serve_opts *o)
 		{ "max-conns", required_argument, NULL, OPT_MAX_CONNS },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "print-key", no_argument, NULL, OPT_PRINT_KEY },
+		{ "verify", no_argument, NULL, OPT_VERIFY },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -300,6 +305,9 @@ static int serve_parse(int argc, char **argv, struct serve_opts *o)
 		case OPT_PRINT_KEY:
 			o->print_key = 1;
 			break;
+		case OPT_VERIFY:
+			o->verify = 1;
+			break;
 		case OPT_HELP:
 			serve_help();
 			return 1;
@@ -311,7 +319,7 @@ static int serve_parse(int argc, char **argv, struct serve_opts *o)
 		return -ingest_usage_error(SERVE_CMD, "unexpected argument '%s'", argv[optind]);
 	if (!o->journal || !*o->journal)
 		return -ingest_usage_error(SERVE_CMD, "--journal DIR is required");
-	if (!o->print_key && o->nallow == 0)
+	if (!o->print_key && !o->verify && o->nallow == 0)
 		return -ingest_usage_error(SERVE_CMD, "no sender is allowed: give --allow KEY "
 					   "or --allow-file F");
 	return 0;
@@ -764,6 +772,32 @@ static int serve_print_key(const struct serve_opts *o)
 	return INGEST_EXIT_OK;
 }
 
+static int serve_verify(const struct serve_opts *o)
+{
+	struct journal *j = NULL;
+	uint64_t n = 0;
+	struct err e;
+	int r;
+
+	err_clear(&e);
+	r = journal_open(o->journal, JOURNAL_RDONLY, &j, &e);
+	if (r == 0)
+		r = journal_verify(j, 0, &n, &e);
+	journal_close(j);
+	if (r < 0)
+		return ingest_fail(&e);
+	if (o->json) {
+		json_t *obj = json_object();
+
+		json_object_set_new(obj, "event", json_string("verified"));
+		json_object_set_new(obj, "records", ingest_json_u64(n));
+		cli_json_emit(obj);
+	} else {
+		printf("%llu records verified\n", (unsigned long long)n);
+	}
+	return INGEST_EXIT_OK;
+}
+
 int ingest_serve(int argc, char **argv)
 {
 	struct serve_opts o;
@@ -782,8 +816,8 @@ int ingest_serve(int argc, char **argv)
 		free(o.allow);
 		return r > 0 ? INGEST_EXIT_OK : -r;
 	}
-	if (o.print_key) {
-		status = serve_print_key(&o);
+	if (o.print_key || o.verify) {
+		status = o.print_key ? serve_print_key(&o) : serve_verify(&o);
 		free(o.allow);
 		return status;
 	}
