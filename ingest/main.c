@@ -11,6 +11,8 @@
 #include "../common/cli.h"
 #include "ingest.h"
 
+int ingest_apply(int argc, char **argv); /* apply.c (belongs in ingest.h) */
+
 struct ingest_cmd {
 	const char *name;
 	int (*run)(int argc, char **argv);
@@ -27,6 +29,8 @@ static const struct ingest_cmd ingest_cmds[] = {
 	  "write the drive's disks into target images, resumably, and check them" },
 	{ "manifest", ingest_manifest,
 	  "export the drive's manifest as a plain SQLite file" },
+	{ "apply", ingest_apply,
+	  "apply a delta journal's hot data onto the targets" },
 	{ "serve", ingest_serve,
 	  "receive hot data from senders into a journal (delta service)" },
 };
