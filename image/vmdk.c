@@ -672,8 +672,10 @@ static int vmdk_footer_load(int fd, const char *name, uint64_t file_size,
 		return err_set(e, -EINVAL,
 			       "vmdk: %s: grain directory at end but no footer before the end-of-stream marker",
 			       name);
+	/* The geometry must agree; other flag bits may differ harmlessly. */
 	if (f->capacity != h->capacity || f->grain != h->grain ||
-	    f->gtes != h->gtes || f->flags != h->flags)
+	    f->gtes != h->gtes ||
+	    (f->flags & VMDK_FLAG_COMPRESSED) != (h->flags & VMDK_FLAG_COMPRESSED))
 		return err_set(e, -EINVAL, "vmdk: %s: footer disagrees with the header",
 			       name);
 	if (f->gd == VMDK_GD_AT_END || f->gd == 0)
