@@ -534,6 +534,10 @@ if [ "$SEED_OK" = 1 ] && [ "$BIG_OK" = 1 ]; then
 		"$(calc "print ($big_rate >= $seed_rate / 2)")" \
 		"($big_rate MB/s allocated vs $seed_rate for the 3 disks)"
 fi
+# Image formats and NBD, in the same run (bench/images.sh).
+if ! sh "$(dirname "$0")/images.sh" "$CORPUS/vm1.raw"; then
+	echo "image read benchmark failed" >>"$PROBLEMS"
+fi
 if [ -s "$PROBLEMS" ]; then
 	echo
 	echo "PROBLEMS:"
