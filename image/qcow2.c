@@ -1095,6 +1095,19 @@ static int q2_open_backing(struct img *im, const char *name, const char *fmt,
 	bpath = q2_join(im->path, name);
 	if (!bpath)
 		return err_set(e, -ENOMEM, "qcow2: %s: out of memory", im->path);
+	/* The backing name is the image's say, not the operator's: it may
+	 * point anywhere. Only regular files are followed, so a hostile image
+	 * cannot make the seeder read and ship a host's block device. */
+	{
+		struct stat st;
+
+		if (stat(bpath, &st) == 0 && !S_ISREG(st.st_mode)) {
+			r = err_set(e, -EPERM,
+				    "qcow2: %s: backing file %s is not a regular file; refused",
+				    im->path, name);
+			goto out;
+		}
+	}
 	if (fmt[0]) {
 		/* Honour the stated format: probing a raw backing file would
 		 * let a guest that wrote a qcow2 header into it choose. */
