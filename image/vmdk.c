@@ -8,8 +8,9 @@
  * monolithicFlat and ESXi's "vmfs" disks. Delta disks (parentCID and
  * parentFileNameHint) are read through their parent chain, at most
  * IMG_MAX_BACKING_DEPTH deep. Creates monolithicSparse (grains allocated
- * as written, in any order) and streamOptimized (written to a temporary
- * raw file, compressed in one ascending pass by img_flush/img_close).
+ * as written, in any order) and streamOptimized (written to a durable
+ * sidecar raw file, compressed in one ascending pass by img_close; see
+ * "streamOptimized output" below).
  *
  * Everything in an image is hostile: header fields are loaded one by one,
  * checked in a fixed order (magic, version, flags, sizes against the
@@ -94,6 +95,7 @@ struct vmdk_desc {
 	uint32_t parent_cid;
 	int has_cid;
 	char create_type[64];
+	int ferry_partial;              /* ddb.ferryPartial = "1" */
 	char *parent_hint;
 	struct vmdk_desc_ext *ext;
 	unsigned n_ext;
@@ -158,10 +160,11 @@ struct vmdk {
 	struct vmdk_gt_slot slot[VMDK_GT_SLOTS];
 	struct vmdk_zc_slot zc[VMDK_ZC_SLOTS];
 	uint64_t zc_clock;
-	/* streamOptimized writer: ext[0] is FLAT over an unlinked temp file */
+	/* streamOptimized: ext[0] is FLAT over the sidecar <path>.partial;
+	 * stream: open for writing, finished by img_close */
 	int stream;
+	int partial;                    /* reads come from the sidecar */
 	int dirty;
-	int out_fd;
 };
 
 /* Per-call scratch for compressed grains (keeps read_at thread-safe). */
@@ -188,6 +191,13 @@ const struct img_ops img_vmdk_ops;
 
 static int vmdk_open_depth(const char *path, int mode, unsigned depth,
 			   struct img **out, struct err *e);
+static int vmdk_sidecar_open(const char *path, uint64_t size, int writable,
+			     char **side_out, int *fd_out, struct err *e);
+static int vmdk_stream_wrap(const char *path, char *side, int side_fd,
+			    uint64_t size, uint32_t cid, int writable,
+			    struct img **out, struct err *e);
+static int vmdk_stream_open_rw(const char *path, struct img *ro,
+			       struct img **out, struct err *e);
 
 static struct vmdk *vmdk_priv(const struct img *im)
 {
@@ -408,8 +418,10 @@ static int vmdk_desc_keyval(struct vmdk_desc *d, char *line, unsigned lineno,
 		d->parent_hint = strdup(val);
 		if (!d->parent_hint)
 			return err_set(e, -ENOMEM, "vmdk: %s: out of memory", name);
+	} else if (!strcmp(key, "ddb.ferryPartial")) {
+		d->ferry_partial = !strcmp(val, "1");
 	}
-	/* ddb.*, encoding, isNativeSnapshot...: nothing we need. */
+	/* other ddb.*, encoding, isNativeSnapshot...: nothing we need. */
 	return 0;
 }
 
@@ -1912,7 +1924,8 @@ static uint32_t vmdk_new_cid(void)
 
 /* The descriptor img_vmdk_create writes; file is the extent's name. */
 static int vmdk_desc_format(char *out, size_t cap, uint32_t cid,
-			    const char *type, uint64_t sectors, const char *file)
+			    const char *type, uint64_t sectors, const char *file,
+			    int partial)
 {
 	uint64_t cyl = sectors / (255 * 63);
 	int n;
@@ -1938,9 +1951,11 @@ static int vmdk_desc_format(char *out, size_t cap, uint32_t cid,
 		     "ddb.geometry.cylinders = \"%llu\"\n"
 		     "ddb.geometry.heads = \"255\"\n"
 		     "ddb.geometry.sectors = \"63\"\n"
-		     "ddb.adapterType = \"lsilogic\"\n",
+		     "ddb.adapterType = \"lsilogic\"\n"
+		     "%s",
 		     cid, type, (unsigned long long)sectors, file,
-		     (unsigned long long)cyl);
+		     (unsigned long long)cyl,
+		     partial ? "ddb.ferryPartial = \"1\"\n" : "");
 	return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
 }
 
@@ -1971,34 +1986,36 @@ static int vmdk_stream_grain(struct vmdk_wbuf *w, z_stream *zs, const uint8_t *g
 }
 
 /*
- * Produces the streamOptimized file from the temporary raw file in one
+ * Writes a streamOptimized file of size bytes to out_fd (path names it
+ * in messages and the descriptor) from the raw file src_fd, in one
  * ascending pass: header (grain directory at end), descriptor, then per
  * grain table its non-zero grains compressed with their markers and a
  * GT marker with the table; then the GD marker and directory, the footer
  * (a header copy pointing at the directory) and the end-of-stream marker.
- * Holes of the temporary file are skipped without reading them.
+ * Holes of the source are skipped without reading them. With src_fd -1
+ * it writes the placeholder: no grains, and ddb.ferryPartial in the
+ * descriptor.
  */
-static int vmdk_stream_emit(struct img *im, struct err *e)
+static int vmdk_stream_write(int out_fd, const char *path, uint64_t size,
+			     uint32_t cid, int src_fd, struct err *e)
 {
-	struct vmdk *v = vmdk_priv(im);
-	const struct vmdk_extent *src = &v->ext[0];
 	const uint64_t gb = (uint64_t)VMDK_NEW_GRAIN * VMDK_SECTOR;
-	const uint64_t size = im->size, cap_sectors = size / VMDK_SECTOR;
+	const uint64_t cap_sectors = size / VMDK_SECTOR;
 	const uint64_t span = gb * VMDK_NEW_GTES;
 	const uint32_t gd_n = (uint32_t)((size + span - 1) / span);
-	struct vmdk_wbuf w = { v->out_fd, im->path, NULL, 0, 0 };
+	struct vmdk_wbuf w = { out_fd, path, NULL, 0, 0 };
 	struct vmdk_hdr h;
 	z_stream zs;
 	int zinit = 0, r;
 	uint8_t *grain = NULL, *cbuf = NULL, *gd = NULL, sec[VMDK_SECTOR];
 	uint8_t gt_le[VMDK_NEW_GTES * 4];
 	char desc[VMDK_NEW_DESC_SECTORS * VMDK_SECTOR];
-	const char *base = strrchr(im->path, '/');
+	const char *base = strrchr(path, '/');
 	size_t ccap = vmdk_max_compressed(gb);
-	uint64_t data_at = 0, hole_at = 0;      /* current data run of temp */
+	uint64_t data_at = 0, hole_at = 0;      /* current data run of src */
 	uint32_t gt, sector = 0;
 
-	base = base ? base + 1 : im->path;
+	base = base ? base + 1 : path;
 	memset(&zs, 0, sizeof(zs));
 	memset(&h, 0, sizeof(h));
 	w.buf = malloc(VMDK_WBUF);
@@ -2006,17 +2023,17 @@ static int vmdk_stream_emit(struct img *im, struct err *e)
 	cbuf = malloc(ccap);
 	gd = calloc((size_t)gd_n + 1, 4);
 	if (!w.buf || !grain || !cbuf || !gd) {
-		r = err_set(e, -ENOMEM, "vmdk: %s: out of memory", im->path);
+		r = err_set(e, -ENOMEM, "vmdk: %s: out of memory", path);
 		goto out;
 	}
 	if (deflateInit(&zs, Z_BEST_SPEED) != Z_OK) {
-		r = err_set(e, -ENOMEM, "vmdk: %s: deflateInit failed", im->path);
+		r = err_set(e, -ENOMEM, "vmdk: %s: deflateInit failed", path);
 		goto out;
 	}
 	zinit = 1;
-	if (ftruncate(v->out_fd, 0) < 0) {
+	if (ftruncate(out_fd, 0) < 0) {
 		r = -errno;
-		err_set(e, r, "vmdk: %s: truncate: %s", im->path, strerror(-r));
+		err_set(e, r, "vmdk: %s: truncate: %s", path, strerror(-r));
 		goto out;
 	}
 	h.version = 3;
@@ -2031,11 +2048,11 @@ static int vmdk_stream_emit(struct img *im, struct err *e)
 	h.compress = VMDK_COMPRESS_DEFLATE;
 	vmdk_hdr_store(sec, &h);
 	memset(desc, 0, sizeof(desc));
-	r = vmdk_desc_format(desc, sizeof(desc), v->cid, "streamOptimized",
-			     cap_sectors, base);
+	r = vmdk_desc_format(desc, sizeof(desc), cid, "streamOptimized",
+			     cap_sectors, base, src_fd < 0);
 	if (r < 0) {
 		err_set(e, r, "vmdk: %s: file name too long for the descriptor",
-			im->path);
+			path);
 		goto out;
 	}
 	r = vmdk_wb_put(&w, sec, sizeof(sec), e);
@@ -2045,7 +2062,7 @@ static int vmdk_stream_emit(struct img *im, struct err *e)
 		r = vmdk_wb_put(&w, NULL, h.overhead * VMDK_SECTOR - w.pos, e);
 	if (r < 0)
 		goto out;
-	for (gt = 0; gt < gd_n; gt++) {
+	for (gt = 0; gt < gd_n && src_fd >= 0; gt++) {
 		uint64_t gt_start = (uint64_t)gt * span;
 		uint64_t gt_end = vmdk_min(gt_start + span, size), pos;
 		uint32_t i;
@@ -2056,7 +2073,7 @@ static int vmdk_stream_emit(struct img *im, struct err *e)
 			uint64_t glen = vmdk_min(gb, size - pos);
 
 			if (pos + glen > hole_at) {     /* find the next data */
-				off_t d = lseek(src->fd, (off_t)pos, SEEK_DATA);
+				off_t d = lseek(src_fd, (off_t)pos, SEEK_DATA);
 				off_t ho;
 
 				if (d < 0 && errno != ENXIO) {
@@ -2065,7 +2082,7 @@ static int vmdk_stream_emit(struct img *im, struct err *e)
 				} else {
 					if (d < 0)
 						d = (off_t)size;
-					ho = lseek(src->fd, d, SEEK_HOLE);
+					ho = lseek(src_fd, d, SEEK_HOLE);
 					if (ho < 0 || (uint64_t)ho > size)
 						ho = (off_t)size;
 				}
@@ -2074,8 +2091,8 @@ static int vmdk_stream_emit(struct img *im, struct err *e)
 			}
 			if (data_at >= pos + glen)
 				continue;       /* a hole: nothing to read */
-			r = vmdk_pread(src->fd, grain, (size_t)glen, pos, src->file,
-				       "temporary data", e);
+			r = vmdk_pread(src_fd, grain, (size_t)glen, pos, path,
+				       "partial data", e);
 			if (r < 0)
 				goto out;
 			if (vmdk_is_zero(grain, (size_t)glen))
@@ -2121,9 +2138,9 @@ static int vmdk_stream_emit(struct img *im, struct err *e)
 		r = vmdk_wb_put(&w, NULL, VMDK_SECTOR, e);     /* end of stream */
 	if (r == 0)
 		r = vmdk_wb_flush(&w, e);
-	if (r == 0 && fdatasync(v->out_fd) < 0) {
+	if (r == 0 && fdatasync(out_fd) < 0) {
 		r = -errno;
-		err_set(e, r, "vmdk: %s: fdatasync: %s", im->path, strerror(-r));
+		err_set(e, r, "vmdk: %s: fdatasync: %s", path, strerror(-r));
 	}
 out:
 	if (zinit)
@@ -2135,20 +2152,93 @@ out:
 	return r;
 }
 
+/* "<path>.partial": the sidecar of a streamOptimized image in progress.
+ * Derived from the path, never read from the file. */
+static char *vmdk_sidecar(const char *path)
+{
+	size_t n = strlen(path);
+	char *p;
+
+	if (n + sizeof(".partial") > PATH_MAX)
+		return NULL;
+	p = malloc(n + sizeof(".partial"));
+	if (p)
+		snprintf(p, n + sizeof(".partial"), "%s.partial", path);
+	return p;
+}
+
+static int vmdk_dir_of(const char *path, char *dir, size_t cap)
+{
+	const char *slash = strrchr(path, '/');
+	size_t dl = slash ? (size_t)(slash - path) : 0;
+
+	if (dl + 2 > cap)
+		return -ENAMETOOLONG;
+	if (!slash)
+		snprintf(dir, cap, ".");
+	else if (dl == 0)
+		snprintf(dir, cap, "/");
+	else
+		snprintf(dir, cap, "%.*s", (int)dl, path);
+	return 0;
+}
+
+/* Makes a rename or unlink in path's folder durable. */
+static void vmdk_sync_dir(const char *path)
+{
+	char dir[PATH_MAX];
+	int fd;
+
+	if (vmdk_dir_of(path, dir, sizeof(dir)) < 0)
+		return;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		(void)fsync(fd);
+		close(fd);
+	}
+}
+
+/*
+ * Replaces path atomically with a streamOptimized file made from src_fd
+ * (or the placeholder, src_fd -1): written beside it, synced, renamed
+ * over it. On failure path is untouched.
+ */
+static int vmdk_stream_replace(const char *path, uint64_t size, uint32_t cid,
+			       int src_fd, struct err *e)
+{
+	char tmp[PATH_MAX];
+	int fd, r;
+
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path) >= sizeof(tmp))
+		return err_set(e, -ENAMETOOLONG, "vmdk: %s: path too long", path);
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0) {
+		r = -errno;
+		return err_set(e, r, "vmdk: %s: temporary file: %s", path,
+			       strerror(-r));
+	}
+	r = vmdk_stream_write(fd, path, size, cid, src_fd, e);
+	if (r == 0 && fchmod(fd, 0644) < 0)
+		r = err_set(e, -errno, "vmdk: %s: chmod: %s", tmp, strerror(errno));
+	close(fd);
+	if (r == 0 && rename(tmp, path) < 0)
+		r = err_set(e, -errno, "vmdk: %s: rename: %s", path,
+			    strerror(errno));
+	if (r < 0)
+		unlink(tmp);
+	else
+		vmdk_sync_dir(path);
+	return r;
+}
+
 static int vmdk_flush(struct img *im, struct err *e)
 {
 	struct vmdk *v = vmdk_priv(im);
 	unsigned i;
 	int r;
 
-	if (v->stream) {
-		if (!v->dirty)
-			return 0;
-		r = vmdk_stream_emit(im, e);
-		if (r == 0)
-			v->dirty = 0;
-		return r;
-	}
+	/* A stream in progress is durable once its sidecar is: the target
+	 * is made from it at close (docs/IMAGE-vmdk.md, "Writing"). */
 	for (i = 0; i < v->n_ext; i++) {
 		const struct vmdk_extent *x = &v->ext[i];
 
@@ -2185,22 +2275,29 @@ static void vmdk_free(struct vmdk *v)
 		free(v->zc[i].data);
 	if (v->lock_init)
 		pthread_mutex_destroy(&v->lock);
-	if (v->out_fd >= 0)
-		close(v->out_fd);
 	img_close(v->parent);
 	free(v);
 }
 
-/* A streamOptimized image left unfinished on close is removed rather than
- * left looking complete: img_close cannot report the error. */
+/*
+ * Finishes a streamOptimized image: the target is replaced by the real
+ * stream made from the sidecar, then the sidecar goes. img_close cannot
+ * report an error; on failure the placeholder and the sidecar both stay,
+ * which still read (and reopen for writing) as the data written.
+ */
 static void vmdk_close(struct img *im)
 {
 	struct vmdk *v = vmdk_priv(im);
 
 	if (!v)
 		return;
-	if (v->stream && v->dirty && vmdk_flush(im, NULL) < 0)
-		unlink(im->path);
+	if (v->stream && v->dirty &&
+	    fdatasync(v->ext[0].fd) == 0 &&
+	    vmdk_stream_replace(im->path, im->size, v->cid, v->ext[0].fd,
+				NULL) == 0) {
+		unlink(v->ext[0].file);
+		vmdk_sync_dir(im->path);
+	}
 	vmdk_free(v);
 	im->priv = NULL;
 }
@@ -2226,7 +2323,6 @@ static struct vmdk *vmdk_new(unsigned n_ext)
 
 	if (!v)
 		return NULL;
-	v->out_fd = -1;
 	v->ext = calloc(n_ext ? n_ext : 1, sizeof(*v->ext));
 	if (!v->ext || pthread_mutex_init(&v->lock, NULL) != 0) {
 		free(v->ext);
@@ -2421,6 +2517,22 @@ static int vmdk_open_sparse(const char *path, int fd, uint64_t fsize,
 		if (r < 0)
 			goto fail;
 		v->cid = d.cid;
+		if (d.ferry_partial && v->ext[0].sp->compressed) {
+			/* A stream in progress: its data is in the sidecar. */
+			uint64_t size = v->ext[0].len;
+			uint32_t cid = v->cid;
+			char *side = NULL;
+			int sfd = -1;
+
+			free(text);
+			vmdk_desc_free(&d);
+			vmdk_free(v);
+			r = vmdk_sidecar_open(path, size, 0, &side, &sfd, e);
+			if (r < 0)
+				return r;
+			return vmdk_stream_wrap(path, side, sfd, size, cid, 0,
+						out, e);
+		}
 		r = vmdk_open_parent(path, &d, mode, depth, v, e);
 		if (r < 0)
 			goto fail;
@@ -2615,8 +2727,25 @@ fail:
 	return r;
 }
 
+/* For writing, streamOptimized images (finished or in progress) take the
+ * sidecar route; everything else opens in place. */
 int img_vmdk_open(const char *path, int mode, struct img **out, struct err *e)
 {
+	struct img *ro = NULL;
+	const struct vmdk *v;
+	int r;
+
+	if (mode != IMG_RDWR)
+		return vmdk_open_depth(path, mode, 0, out, e);
+	*out = NULL;
+	r = vmdk_open_depth(path, IMG_RDONLY, 0, &ro, e);
+	if (r < 0)
+		return r;
+	v = vmdk_priv(ro);
+	if (v->partial || (v->n_ext == 1 && v->ext[0].sp &&
+			   v->ext[0].sp->compressed && !v->parent))
+		return vmdk_stream_open_rw(path, ro, out, e);
+	img_close(ro);
 	return vmdk_open_depth(path, mode, 0, out, e);
 }
 
@@ -2684,7 +2813,7 @@ static int vmdk_create_sparse(const char *path, uint64_t size, int excl,
 			       path, (unsigned long long)size);
 	memset(desc, 0, sizeof(desc));
 	if (vmdk_desc_format(desc, sizeof(desc), vmdk_new_cid(),
-			     "monolithicSparse", cap, base) < 0)
+			     "monolithicSparse", cap, base, 0) < 0)
 		return err_set(e, -ENAMETOOLONG,
 			       "vmdk: %s: file name too long for the descriptor",
 			       path);
@@ -2731,81 +2860,198 @@ out_free:
 	return r;
 }
 
-/* A temporary file beside path, already unlinked: it never outlives us. */
-static int vmdk_tmpfile(const char *path, int *fd, struct err *e)
+/* Wraps an open sidecar (taken over) as the image's one FLAT extent. */
+static int vmdk_stream_wrap(const char *path, char *side, int side_fd,
+			    uint64_t size, uint32_t cid, int writable,
+			    struct img **out, struct err *e)
 {
-	const char *slash = strrchr(path, '/');
-	char dir[PATH_MAX], tmpl[PATH_MAX];
-	size_t dl = slash ? (size_t)(slash - path) : 0;
+	struct vmdk *v = vmdk_new(1);
 
-	if (dl + 32 >= sizeof(dir))
+	if (!v) {
+		close(side_fd);
+		free(side);
+		return err_set(e, -ENOMEM, "vmdk: %s: out of memory", path);
+	}
+	v->n_ext = 1;
+	v->partial = 1;
+	v->stream = writable;
+	v->dirty = writable;    /* close always finishes what it opened */
+	v->cid = cid;
+	v->ext[0].kind = VMDK_EXT_FLAT;
+	v->ext[0].fd = side_fd;
+	v->ext[0].len = size;
+	v->ext[0].file = side;
+	v->ext[0].rdonly = !writable;
+	return vmdk_wrap(path, v, size, writable, out, e);
+}
+
+/* Opens the sidecar of a placeholder; it must be a regular file of the
+ * image's size. */
+static int vmdk_sidecar_open(const char *path, uint64_t size, int writable,
+			     char **side_out, int *fd_out, struct err *e)
+{
+	char *side = vmdk_sidecar(path);
+	uint64_t fsize = 0;
+	int r;
+
+	*side_out = NULL;
+	*fd_out = -1;
+	if (!side)
 		return err_set(e, -ENAMETOOLONG, "vmdk: %s: path too long", path);
-	if (slash) {
-		memcpy(dir, path, dl ? dl : 1);
-		dir[dl ? dl : 1] = '\0';
-	} else {
-		snprintf(dir, sizeof(dir), ".");
+	r = vmdk_open_file(side, writable, fd_out, &fsize, e);
+	if (r == -ENOENT)
+		r = err_set(e, -ENOENT,
+			    "vmdk: %s: an unfinished streamOptimized image whose data (%s) is gone",
+			    path, side);
+	if (r == 0 && fsize != size) {
+		close(*fd_out);
+		*fd_out = -1;
+		r = err_set(e, -EINVAL,
+			    "vmdk: %s: partial data %s is %llu bytes, the image %llu",
+			    path, side, (unsigned long long)fsize,
+			    (unsigned long long)size);
 	}
-	*fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	if (*fd >= 0)
-		return 0;
-	snprintf(tmpl, sizeof(tmpl), "%s/.ferry-vmdk-XXXXXX", dir);
-	*fd = mkostemp(tmpl, O_CLOEXEC);
-	if (*fd < 0) {
-		int r = -errno;
+	if (r < 0)
+		free(side);
+	else
+		*side_out = side;
+	return r;
+}
 
-		return err_set(e, r, "vmdk: %s: temporary file in %s: %s", path,
-			       dir, strerror(-r));
+/* A new sidecar of size bytes (all holes), replacing any stale one. */
+static int vmdk_sidecar_create(const char *path, uint64_t size,
+			       char **side_out, int *fd_out, struct err *e)
+{
+	char *side = vmdk_sidecar(path);
+	int fd, r;
+
+	*side_out = NULL;
+	*fd_out = -1;
+	if (!side)
+		return err_set(e, -ENAMETOOLONG, "vmdk: %s: path too long", path);
+	fd = open(side, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+		  0600);
+	if (fd < 0) {
+		r = vmdk_open_error(side, -errno, e);
+		free(side);
+		return r;
 	}
-	unlink(tmpl);
+	if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)size) < 0) {
+		r = -errno;
+		err_set(e, r, "vmdk: %s: %s", side, strerror(-r));
+		close(fd);
+		unlink(side);
+		free(side);
+		return r;
+	}
+	*side_out = side;
+	*fd_out = fd;
 	return 0;
 }
 
-/* streamOptimized: writes land in a sparse temporary raw file (any order);
- * img_flush/img_close compress it into path in one ascending pass. */
+/*
+ * streamOptimized: grains must appear in ascending order, but writes
+ * come in any order. Writes go to the sidecar <path>.partial (a sparse
+ * raw file, durable at every img_flush); the target holds a placeholder
+ * (a valid stream with no data, ddb.ferryPartial = "1") that opens as
+ * the sidecar's data, so a killed writer resumes by opening it again.
+ * img_close makes the real stream and removes the sidecar.
+ */
 static int vmdk_create_stream(const char *path, uint64_t size, int excl,
 			      struct img **out, struct err *e)
 {
 	const uint64_t span = (uint64_t)VMDK_NEW_GRAIN * VMDK_NEW_GTES *
 			      VMDK_SECTOR;
-	struct vmdk *v = NULL;
-	int r;
+	uint32_t cid = vmdk_new_cid();
+	char *side = NULL;
+	int fd = -1, side_fd = -1, r;
 
 	if ((size + span - 1) / span * 4 > IMG_MAX_TABLE_BYTES)
 		return err_set(e, -EFBIG,
 			       "vmdk: %s: %llu bytes needs a grain directory over the %llu-byte limit",
 			       path, (unsigned long long)size,
 			       (unsigned long long)IMG_MAX_TABLE_BYTES);
-	v = vmdk_new(1);
-	if (!v)
-		return err_set(e, -ENOMEM, "vmdk: %s: out of memory", path);
-	v->n_ext = 1;
-	v->stream = 1;
-	v->dirty = 1;           /* even an image never written gets a file */
-	v->cid = vmdk_new_cid();
-	v->ext[0].kind = VMDK_EXT_FLAT;
-	v->ext[0].len = size;
-	v->ext[0].file = strdup(path);
-	if (!v->ext[0].file) {
-		r = err_set(e, -ENOMEM, "vmdk: %s: out of memory", path);
-		goto fail;
-	}
-	r = vmdk_create_file(path, excl, &v->out_fd, e);
+	r = vmdk_create_file(path, excl, &fd, e);
 	if (r < 0)
-		goto fail;
-	r = vmdk_tmpfile(path, &v->ext[0].fd, e);
-	if (r == 0 && ftruncate(v->ext[0].fd, (off_t)size) < 0) {
-		r = -errno;
-		err_set(e, r, "vmdk: %s: temporary file: %s", path, strerror(-r));
-	}
+		return r;
+	r = vmdk_sidecar_create(path, size, &side, &side_fd, e);
+	if (r == 0)
+		r = vmdk_stream_write(fd, path, size, cid, -1, e);
+	close(fd);
 	if (r < 0) {
+		if (side_fd >= 0) {
+			close(side_fd);
+			unlink(side);
+		}
+		free(side);
 		unlink(path);
-		goto fail;
+		return r;
 	}
-	return vmdk_wrap(path, v, size, 1, out, e);
-fail:
-	vmdk_free(v);
+	vmdk_sync_dir(path);
+	return vmdk_stream_wrap(path, side, side_fd, size, cid, 1, out, e);
+}
+
+/* Copies the data of a finished stream image into a new sidecar. */
+static int vmdk_copy_data(struct img *src, int fd, const char *side,
+			  struct err *e)
+{
+	uint8_t *buf = malloc(VMDK_WBUF);
+	uint64_t off;
+	int r = 0;
+
+	if (!buf)
+		return err_set(e, -ENOMEM, "vmdk: %s: out of memory", side);
+	for (off = 0; off < src->size && r == 0; off += VMDK_WBUF) {
+		size_t n = (size_t)vmdk_min(VMDK_WBUF, src->size - off);
+
+		r = img_read_at(src, buf, n, off, e);
+		if (r == 0 && !vmdk_is_zero(buf, n))
+			r = vmdk_pwrite(fd, buf, n, off, side, "partial data", e);
+	}
+	free(buf);
+	if (r == 0 && fdatasync(fd) < 0)
+		r = err_set(e, -errno, "vmdk: %s: fdatasync: %s", side,
+			    strerror(errno));
 	return r;
+}
+
+/*
+ * Opens a streamOptimized image for writing: a placeholder goes on with
+ * its sidecar (a writer resuming); a finished stream is first copied into
+ * a new sidecar, then replaced by a placeholder, so that from then on the
+ * sidecar is the data of record. ro is the image open read-only (taken).
+ */
+static int vmdk_stream_open_rw(const char *path, struct img *ro,
+			       struct img **out, struct err *e)
+{
+	struct vmdk *v = vmdk_priv(ro);
+	uint64_t size = ro->size;
+	uint32_t cid = v->cid ? v->cid : vmdk_new_cid();
+	char *side = NULL;
+	int fd = -1, r;
+
+	if (v->partial) {
+		img_close(ro);
+		r = vmdk_sidecar_open(path, size, 1, &side, &fd, e);
+		if (r < 0)
+			return r;
+		return vmdk_stream_wrap(path, side, fd, size, cid, 1, out, e);
+	}
+	r = vmdk_sidecar_create(path, size, &side, &fd, e);
+	if (r == 0)
+		r = vmdk_copy_data(ro, fd, side, e);
+	img_close(ro);
+	if (r == 0)
+		r = vmdk_stream_replace(path, size, cid, -1, e);
+	if (r < 0) {
+		if (fd >= 0) {
+			close(fd);
+			unlink(side);
+		}
+		free(side);
+		return r;
+	}
+	return vmdk_stream_wrap(path, side, fd, size, cid, 1, out, e);
 }
 
 int img_vmdk_create(const char *path, uint64_t size, const char *subformat,
