@@ -307,6 +307,15 @@ void img_prefetch(struct img *im, uint64_t off, uint64_t len)
 	im->ops->prefetch(im, off, len);
 }
 
+int img_finish(struct img *im, struct err *e)
+{
+	int r = img_flush(im, e);
+
+	if (r == 0 && im->writable && im->ops->finish)
+		r = im->ops->finish(im, e);
+	return r;
+}
+
 int img_flush(struct img *im, struct err *e)
 {
 	if (!im->writable || !im->ops->flush)

@@ -58,6 +58,10 @@ struct img_ops {
 	int (*dirty_extents)(struct img *im, const char *bitmap, uint64_t off,
 			     uint64_t len, img_extent_fn fn, void *opaque,
 			     struct err *e);
+	/* May be NULL (then img_finish flushes). Makes a written image final,
+	 * in the form other tools read (a streamOptimized VMDK is built from
+	 * its sidecar here); reports what img_close could not. */
+	int (*finish)(struct img *im, struct err *e);
 	/* May be NULL. Advisory: start reading [off, off+len) ahead of use. */
 	void (*prefetch)(struct img *im, uint64_t off, uint64_t len);
 	/* Required. Releases backend state; must accept a half-open image. */
@@ -120,6 +124,9 @@ int img_write_at(struct img *im, const void *buf, size_t len, uint64_t off,
 int img_write_zeroes(struct img *im, uint64_t off, uint64_t len,
 		     struct err *e);
 int img_flush(struct img *im, struct err *e);
+/* Flushes and makes the image final (ops->finish); call before img_close
+ * when writing is done, since img_close cannot report errors. */
+int img_finish(struct img *im, struct err *e);
 /* Asks the backend to read [off, off+len) ahead (clipped to the image). */
 void img_prefetch(struct img *im, uint64_t off, uint64_t len);
 /* Sum of IMG_DATA extent lengths over the whole image. */
@@ -163,8 +170,8 @@ int img_qcow2_create(const char *path, uint64_t size, int excl,
  * VMDK (image/vmdk.c). Read: monolithicSparse, twoGbMaxExtentSparse,
  * monolithicFlat, twoGbMaxExtentFlat (descriptor file and extents, relative
  * to the descriptor), streamOptimized. Create: "monolithicSparse" or
- * "streamOptimized" (the latter written sequentially: write_at must move
- * forward; it is closed by img_flush/img_close).
+ * "streamOptimized" (writes in any order go to a sidecar "<path>.partial";
+ * img_finish builds the real stream and removes the sidecar).
  */
 int img_vmdk_open(const char *path, int mode, struct img **out,
 		  struct err *e);

@@ -2281,23 +2281,39 @@ static void vmdk_free(struct vmdk *v)
 
 /*
  * Finishes a streamOptimized image: the target is replaced by the real
- * stream made from the sidecar, then the sidecar goes. img_close cannot
- * report an error; on failure the placeholder and the sidecar both stay,
- * which still read (and reopen for writing) as the data written.
+ * stream made from the sidecar, then the sidecar goes. On failure the
+ * placeholder and the sidecar both stay, which still read (and reopen for
+ * writing) as the data written. Reads after finishing still come from the
+ * (now unlinked) sidecar, which holds the same data.
  */
+static int vmdk_finish(struct img *im, struct err *e)
+{
+	struct vmdk *v = vmdk_priv(im);
+	int r;
+
+	if (!v->stream || !v->dirty)
+		return 0;
+	if (fdatasync(v->ext[0].fd) < 0)
+		return err_set(e, -errno, "vmdk: %s: sync of %s: %s", im->path,
+			       v->ext[0].file, strerror(errno));
+	r = vmdk_stream_replace(im->path, im->size, v->cid, v->ext[0].fd, e);
+	if (r < 0)
+		return r;
+	unlink(v->ext[0].file);
+	vmdk_sync_dir(im->path);
+	v->dirty = 0;
+	return 0;
+}
+
+/* Closing finishes too, for callers that did not; errors are lost then. */
 static void vmdk_close(struct img *im)
 {
 	struct vmdk *v = vmdk_priv(im);
 
 	if (!v)
 		return;
-	if (v->stream && v->dirty &&
-	    fdatasync(v->ext[0].fd) == 0 &&
-	    vmdk_stream_replace(im->path, im->size, v->cid, v->ext[0].fd,
-				NULL) == 0) {
-		unlink(v->ext[0].file);
-		vmdk_sync_dir(im->path);
-	}
+	if (v->stream && v->dirty)
+		vmdk_finish(im, NULL);
 	vmdk_free(v);
 	im->priv = NULL;
 }
@@ -2310,6 +2326,7 @@ const struct img_ops img_vmdk_ops = {
 	.write_at = vmdk_write_at,
 	.write_zeroes = vmdk_write_zeroes,
 	.flush = vmdk_flush,
+	.finish = vmdk_finish,
 	.prefetch = vmdk_prefetch,
 	.close = vmdk_close,
 };

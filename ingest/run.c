@@ -1136,8 +1136,16 @@ static int run_judge(struct run_ctx *x, struct progress *p, struct err *e)
 		const struct receipt_disk *rd = ingest_receipt_disk(&x->r, t->m.name);
 
 		if (!t->have_troot) {
-			rc = t->img ? run_readback(x, t->img, &t->m, p, t->troot, e)
-				    : run_readback_path(x, t->path, &t->m, p, t->troot, e);
+			/* The target made final, then read back as it now is on
+			 * disk (or on the NBD server), not through what we hold. */
+			if (t->img) {
+				rc = img_finish(t->img, e);
+				img_close(t->img);
+				t->img = NULL;
+				if (rc < 0)
+					break;
+			}
+			rc = run_readback_path(x, t->path, &t->m, p, t->troot, e);
 			if (rc < 0)
 				break;
 			t->have_troot = 1;
