@@ -228,7 +228,7 @@ old_port=$PORT
 start_server "$old_port" || not_ok "serve restarts on port $old_port"
 # The sender reconnects by itself (or has given up); either way it ends.
 wait "$SYNC_PID"
-diag "the interrupted sender exited with $?: $(tail -n 1 "$T/s4.out")"
+diag "the interrupted sender exited with $?:" "$(cat "$T/s4.out")"
 SYNC_PID=
 if sync_once "$T/s4b.json"; then
 	ok "sync again after the receiver's restart"
@@ -237,6 +237,42 @@ else
 fi
 check "apply after the receiver's kill" apply_once
 same "after the receiver's kill: the target equals the source" "$src" "$tgt"
+
+# --- --interval: passes until SIGTERM; the rate file overrides the option ----
+uuid=$(basename "$(dirname "$(ls "$T"/seed/*/header.luks)")")
+echo 256K >"$T/seed/$uuid/max-net-rate"
+mutate "$src" 6 256 >/dev/null
+t0=$(date +%s)
+timeout 120 "$SEED" sync --state "$T/seed" --to "127.0.0.1:$PORT" --server-key "$SKEY" \
+	--key-file "$K" --interval 1 --max-net-rate 1G --json >"$T/s6.json" 2>"$T/s6.err" &
+SYNC_PID=$!
+for _ in $(seq 300); do
+	[ "$(grep -c '"event":"pass"' "$T/s6.json")" -ge 1 ] && break
+	sleep 0.1
+done
+t1=$(date +%s)
+secs=$(json_pass "$T/s6.json" 'round(p["seconds"])')
+sent=$(json_pass "$T/s6.json" 'p["sent_bytes"]')
+if [ "$sent" -gt $((512 * 1024)) ] 2>/dev/null && [ "$secs" -ge 2 ]; then
+	ok "the max-net-rate file (256K/s) overrides --max-net-rate 1G: $sent bytes in ${secs}s"
+else
+	not_ok "the max-net-rate file overrides the option" "sent $sent bytes in $secs s"
+fi
+rm -f "$T/seed/$uuid/max-net-rate"
+mutate "$src" 7 10 >/dev/null
+for _ in $(seq 300); do
+	[ "$(grep -c '"event":"pass"' "$T/s6.json")" -ge 3 ] && break
+	sleep 0.1
+done
+kill -TERM "$(pgrep -P "$SYNC_PID")" 2>/dev/null
+wait "$SYNC_PID"
+eq "--interval: SIGTERM stops it cleanly (exit 0)" "$?" 0
+SYNC_PID=
+n=$(grep -c '"event":"pass","op":"sync","ok":true' "$T/s6.json")
+if [ "$n" -ge 3 ]; then ok "--interval: $n passes"; else not_ok "--interval passes" "$n"; fi
+diag "first --interval pass took $((t1 - t0)) s"
+check "apply the --interval passes" apply_once
+same "after --interval passes: the target equals the source" "$src" "$tgt"
 
 # --- a flipped byte in the journal: refused, nothing written ------------------
 mutate "$src" 5 50 >/dev/null
@@ -255,6 +291,7 @@ with open(sys.argv[1], "r+b") as f:
 EOF
 expect_fail "apply refuses a modified journal record, naming it" 1 \
 	'record [0-9]+.*nothing of generation [0-9]+ was written' apply_once
+diag "apply said: $(cat "$T/.fail.err")"
 same "nothing of that generation was written" "$T/before.raw" "$tgt"
 
 done_testing
