@@ -569,7 +569,9 @@ static int rec_stage(struct sync_ctx *x, const struct hotrec_id *hid,
 	r->buf = malloc(codec_bound(plen));
 	if (!r->buf)
 		return err_set(e, -ENOMEM, "out of memory");
-	n = codec_seal(x->codec, &h, plain, plen, r->buf, codec_bound(plen), e);
+	/* A zeroes record has no plaintext; the codec still wants a buffer. */
+	n = codec_seal(x->codec, &h, plain ? plain : (const uint8_t *)"", plen, r->buf,
+		       codec_bound(plen), e);
 	if (n < 0) {
 		free(r->buf);
 		return (int)n;
