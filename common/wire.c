@@ -65,6 +65,8 @@ struct wire_conn {
 	int fd;
 	int version;
 	int failed;             /* sticky negative errno (invariant 5) */
+	int tx_failed;          /* a send failed: no more sends, but the
+				   peer's last words (an ERROR) may be read */
 	int ended;              /* the peer's final tag was received */
 	int rx_ready;           /* rx state initialised from the peer's header */
 	int send_timeout_ms;
@@ -709,8 +711,9 @@ int wire_send(struct wire_conn *c, uint8_t type, const uint8_t *body, size_t len
 	size_t need;
 	int r;
 
-	if (c->failed)
-		return err_set(e, c->failed, "wire: connection already failed");
+	if (c->failed || c->tx_failed)
+		return err_set(e, c->failed ? c->failed : c->tx_failed,
+			       "wire: connection already failed");
 	if (type == 0 || len > WIRE_MAX_BODY)
 		return err_set(e, -EMSGSIZE, "wire: message of %zu bytes over the limit", len);
 	/* plaintext (1 + len) then the frame (4 + 1 + len + ABYTES) after it */
@@ -731,7 +734,7 @@ int wire_send(struct wire_conn *c, uint8_t type, const uint8_t *body, size_t len
 	sodium_memzero(c->obuf, 1 + len);
 	if (r < 0) {
 		/* a partial frame cannot be taken back */
-		c->failed = r;
+		c->tx_failed = r;
 		return err_set(e, r, "wire: send: %s",
 			       r == -ECONNRESET ? "the peer went away" : strerror(-r));
 	}

@@ -464,6 +464,8 @@ static int serve_session(struct serve_conn *c, uint8_t *buf, const uint8_t pk[WI
 
 	for (;;) {
 		r = wire_recv(c->w, &type, buf, SERVE_REC_CAP, &len, SERVE_IDLE_MS, e);
+		if (r == -EMSGSIZE || r == -EPROTO)
+			goto flush_proto;   /* the peer may still read why */
 		if (r < 0)
 			break;
 		if (type == WIRE_BYE) {

@@ -27,8 +27,11 @@
 #include "../../common/util.h"
 #include "../../common/wire.h"
 
+static uint64_t client_acked;
+
 static int fail(const char *what, const struct err *e)
 {
+	printf("acked %llu\n", (unsigned long long)client_acked);
 	fprintf(stderr, "wire_client: %s: %s\n", what, e->msg);
 	return 1;
 }
@@ -51,6 +54,7 @@ static int drain(struct wire_conn *c, uint8_t *buf, size_t cap, uint64_t *acked,
 		if (r < 0)
 			return r;
 		*acked = seq;
+		client_acked = seq;
 		return 0;
 	}
 	if (type == WIRE_ERROR) {
@@ -150,14 +154,16 @@ int main(int argc, char **argv)
 		return fail("resume", &e);
 	printf("resume %llu\n", (unsigned long long)res.seq);
 	fflush(stdout);
-	acked = res.seq;
+	acked = client_acked = res.seq;
 	memcpy(link, res.link, REC_DIGEST_LEN);
 	if (oversize) {
 		memset(rec, 0, cap);
 		r = wire_send(conn, WIRE_RECORD, rec, (size_t)REC_HDR_LEN + REC_MAX_PAYLOAD + 1,
 			      &e);
-		while (r == 0)
+		/* the server refuses without reading it: our send may fail */
+		do
 			r = drain(conn, buf, cap, &acked, 10000, &e);
+		while (r == 0);
 		return fail("oversize", &e);
 	}
 	for (seq = res.seq + 1; seq <= count + (gen_end ? 1 : 0); seq++) {
@@ -181,8 +187,15 @@ int main(int argc, char **argv)
 			plen = (size_t)snprintf((char *)plain, size,
 						"{\"generation\":1,\"final\":false,\"disks\":[]}");
 		} else {
-			for (i = 0; i < size; i++)
-				plain[i] = (uint8_t)(seq * 131 + i / 512);
+			/* incompressible, and the same for the same seq */
+			uint64_t x = seq * 0x9e3779b97f4a7c15ull | 1;
+
+			for (i = 0; i < size; i++) {
+				x ^= x << 13;
+				x ^= x >> 7;
+				x ^= x << 17;
+				plain[i] = (uint8_t)x;
+			}
 		}
 		journal_hot_id_pack(&hid, h.id);
 		n = codec_seal(cod, &h, plain, plen, rec, codec_bound(size), &e);
