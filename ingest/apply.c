@@ -98,8 +98,11 @@ struct apply_ctx {
 	int64_t run_started;
 	uint8_t *rec;
 	uint8_t *plain;
+	/* ranges the generation being applied wrote (repair bookkeeping) */
+	struct journal_range *wr;
+	size_t nwr, capwr;
 	/* figures */
-	uint64_t generations, records, written, zeroed;
+	uint64_t generations, records, written, zeroed, repaired;
 	int differs;
 };
 
@@ -634,6 +637,20 @@ static int gen_pass(struct apply_ctx *x, const struct journal_stream *s, uint64_
 				goto out;
 			}
 			t->dirty = 1;
+			if (x->nwr == x->capwr) {
+				size_t cap = x->capwr ? x->capwr * 2 : 1024;
+				struct journal_range *nv = realloc(x->wr, cap * sizeof(*nv));
+
+				if (!nv) {
+					rc = err_set(e, -ENOMEM, "out of memory");
+					goto out;
+				}
+				x->wr = nv;
+				x->capwr = cap;
+			}
+			x->wr[x->nwr].disk = hid.disk;
+			x->wr[x->nwr].offset = hid.off;
+			x->wr[x->nwr++].length = hid.len;
 		}
 	}
 	if (rc < 0 && rc != -ENOMEM && rc != -EIO) {
@@ -645,6 +662,62 @@ static int gen_pass(struct apply_ctx *x, const struct journal_stream *s, uint64_
 	}
 out:
 	journal_iter_close(it);
+	return rc;
+}
+
+static int range_cmp(const void *a, const void *b)
+{
+	const struct journal_range *x = a, *y = b;
+
+	if (x->disk != y->disk)
+		return x->disk < y->disk ? -1 : 1;
+	return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* 1 when the sorted ranges v cover [off, off+len) of disk. */
+static int range_covered(const struct journal_range *v, size_t n, uint64_t disk,
+			 uint64_t off, uint64_t len)
+{
+	uint64_t at = off, end = off + len;
+	size_t i;
+
+	for (i = 0; i < n && at < end; i++) {
+		if (v[i].disk != disk || v[i].offset + v[i].length <= at)
+			continue;
+		if (v[i].offset > at)
+			return 0;
+		at = v[i].offset + v[i].length;
+	}
+	return at >= end;
+}
+
+/*
+ * Repair requests of this drive that the generation just applied covers
+ * whole are done: cleared from the journal, so serve stops asking.
+ */
+static int repairs_clear(struct apply_ctx *x, struct err *e)
+{
+	struct journal_range *req = NULL;
+	size_t n = 0, i, k = 0;
+	int rc;
+
+	if (!x->nwr)
+		return 0;
+	rc = journal_repair_list(x->j, x->info.uuid_bin, 0, &req, &n, e);
+	if (rc < 0 || !n)
+		goto out;
+	qsort(x->wr, x->nwr, sizeof(*x->wr), range_cmp);
+	for (i = 0; i < n; i++)
+		if (req[i].length && req[i].offset + req[i].length > req[i].offset &&
+		    range_covered(x->wr, x->nwr, req[i].disk, req[i].offset, req[i].length))
+			req[k++] = req[i];
+	if (k)
+		rc = journal_repair_clear(x->j, x->info.uuid_bin, req, k, e);
+	if (rc == 0)
+		x->repaired += k;
+out:
+	free(req);
+	x->nwr = 0;
 	return rc;
 }
 
@@ -739,6 +812,7 @@ static int apply_stream(struct apply_ctx *x, const struct journal_stream *s, str
 		}
 		w0 = x->written;
 		z0 = x->zeroed;
+		x->nwr = 0;
 		rc = gen_pass(x, s, gens[i], last + 1, seqs[i], 1, &endg, &n2, e);
 		if (rc == 0 && n2 != n1)
 			rc = err_set(e, -EBADMSG, "generation %llu changed while it was applied",
@@ -747,6 +821,8 @@ static int apply_stream(struct apply_ctx *x, const struct journal_stream *s, str
 			rc = apply_flush(x, e);
 		if (rc == 0)
 			rc = applied_set(x, s, seqs[i], gens[i], e);
+		if (rc == 0)
+			rc = repairs_clear(x, e);
 		if (rc < 0)
 			break;
 		last = seqs[i];
@@ -793,9 +869,13 @@ static void apply_summary(struct apply_ctx *x, int ok, const char *error)
 		json_object_set_new(o, "records", json_integer((json_int_t)x->records));
 		json_object_set_new(o, "written_bytes", json_integer((json_int_t)x->written));
 		json_object_set_new(o, "zeroed_bytes", json_integer((json_int_t)x->zeroed));
+		json_object_set_new(o, "repairs_done", json_integer((json_int_t)x->repaired));
 		cli_json_emit(o);
 		return;
 	}
+	if (ok && x->repaired)
+		printf("repair: %llu requested ranges are now complete\n",
+		       (unsigned long long)x->repaired);
 	if (ok)
 		printf("applied %llu generations (%llu records): %s written, %s zeroed\n",
 		       (unsigned long long)x->generations, (unsigned long long)x->records,
@@ -866,6 +946,7 @@ out:
 	for (i = 0; x.t && i < x.nt; i++)
 		img_close(x.t[i].img);
 	free(x.t);
+	free(x.wr);
 	journal_close(x.j);
 	sqlite3_close(x.db);
 	codec_free(x.codec);

@@ -114,7 +114,8 @@ struct sync_disk {
 	struct img *img;
 	struct sync_extents ev;
 	uint64_t nchunks;
-	/* changed chunk indexes found by the scan of this pass */
+	/* changed chunks of this pass: idx << 1, | 1 when forced whole
+	 * (a repair range touches it) */
 	uint64_t *chg;
 	size_t nchg, capchg;
 	/* figures of this pass */
@@ -195,7 +196,9 @@ struct sync_ctx {
 	/* progress */
 	struct progress *prog;
 	uint64_t last_json_ns;
-	uint64_t repairs;         /* REPAIR ranges received (not served yet) */
+	uint64_t repairs;         /* REPAIR ranges served */
+	struct wire_range *rep;   /* REPAIR ranges received, not merged yet */
+	size_t nrep;
 	uint64_t pass_sent, pass_records, pass_changed;
 	uint64_t total_sent;
 	uint64_t passes;
@@ -690,12 +693,21 @@ static int sync_handle(struct sync_ctx *x, uint8_t type, const uint8_t *body,
 		if (!ranges)
 			return err_set(e, -ENOMEM, "out of memory");
 		rc = wire_repair_parse(body, len, ranges, WIRE_MAX_RANGES, &n, e);
+		if (rc == 0 && x->nrep + n > WIRE_MAX_RANGES)
+			n = WIRE_MAX_RANGES - x->nrep;     /* the rest comes again */
+		if (rc == 0 && n) {
+			struct wire_range *nv = realloc(x->rep, (x->nrep + n) * sizeof(*nv));
+
+			if (!nv) {
+				rc = err_set(e, -ENOMEM, "out of memory");
+			} else {
+				memcpy(nv + x->nrep, ranges, n * sizeof(*nv));
+				x->rep = nv;
+				x->nrep += n;
+			}
+		}
 		free(ranges);
-		if (rc < 0)
-			return rc;
-		/* Not served yet (docs/SYNC.md): counted and reported. */
-		x->repairs += n;
-		return 0;
+		return rc;
 	case WIRE_ERROR:
 		wire_error_text(body, len, text, sizeof(text));
 		return err_set(e, -EREMOTEIO, "the server refused: %s", text);
@@ -792,6 +804,16 @@ static int sync_connect(struct sync_ctx *x, struct err *e)
 			     " sender's: another sender state for the same key?",
 			     (unsigned long long)res.seq);
 		goto fail;
+	}
+	/* serve sends REPAIR right behind RESUME when it has any. */
+	{
+		struct pollfd pfd = { wire_fd(x->conn), POLLIN, 0 };
+
+		if (!wire_readable(x->conn))
+			poll(&pfd, 1, 200);
+		rc = sync_pump(x, 0, e);
+		if (rc < 0)
+			goto fail;
 	}
 	x->acked = res.seq;
 	win_drop(x, res.seq);
@@ -1201,7 +1223,7 @@ static int scan_disk(struct sync_ctx *x, struct sync_disk *d, struct err *e)
 				changed = cs.state != 1 || memcmp(cs.id, s->id, REC_ID_LEN) != 0;
 			if (!changed)
 				continue;
-			if (chg_add(d, s->idx) < 0) {
+			if (chg_add(d, s->idx << 1) < 0) {
 				rc = err_set(e, -ENOMEM, "out of memory");
 				goto out;
 			}
@@ -1231,7 +1253,7 @@ static void sync_progress(struct sync_ctx *x, struct sync_disk *d, int final);
 
 /* Sends one changed chunk: zeroes, its changed blocks, or all of it. */
 static int send_chunk(struct sync_ctx *x, struct sync_disk *d, sqlite3_stmt *st,
-		      uint64_t idx, struct chunk_state *cs, uint8_t *nh,
+		      uint64_t idx, int forced, struct chunk_state *cs, uint8_t *nh,
 		      struct err *e)
 {
 	uint32_t len = chunk_len(d, idx), nb = nblocks(len), b, run_start, k;
@@ -1250,7 +1272,7 @@ static int send_chunk(struct sync_ctx *x, struct sync_disk *d, sqlite3_stmt *st,
 	if (rc < 0)
 		return rc;
 	if (zero) {
-		if (cs->state == 0)
+		if (cs->state == 0 && !forced)
 			return 0;             /* became zero again */
 		hid.kind = HOTREC_ZERO;
 		rc = rec_stage(x, &hid, NULL, 0, idx, 1, NULL, NULL, 0, e);
@@ -1259,10 +1281,10 @@ static int send_chunk(struct sync_ctx *x, struct sync_disk *d, sqlite3_stmt *st,
 		goto done;
 	}
 	codec_chunk_id(x->keys, x->cbuf, len, id);
-	if (cs->state == 1 && !memcmp(cs->id, id, REC_ID_LEN))
+	if (cs->state == 1 && !memcmp(cs->id, id, REC_ID_LEN) && !forced)
 		return 0;                     /* back to what the cloud holds */
 	block_hashes(x, x->cbuf, len, nh);
-	whole = cs->state == 2 || (cs->state == 1 && !cs->have_hashes);
+	whole = forced || cs->state == 2 || (cs->state == 1 && !cs->have_hashes);
 	chg = calloc(nb, 1);
 	if (!chg)
 		return err_set(e, -ENOMEM, "out of memory");
@@ -1349,7 +1371,7 @@ static int send_disk(struct sync_ctx *x, struct sync_disk *d, struct err *e)
 	for (i = 0; rc == 0 && i < d->nchg && !sync_stop; i++) {
 		uint64_t before = d->sent_data + d->sent_zero;
 
-		rc = send_chunk(x, d, st, d->chg[i], &cs, nh, e);
+		rc = send_chunk(x, d, st, d->chg[i] >> 1, (int)(d->chg[i] & 1), &cs, nh, e);
 		if (rc < 0)
 			break;
 		done_est += d->sent_data + d->sent_zero - before;
@@ -1537,10 +1559,65 @@ static void pass_report(struct sync_ctx *x, int ok, const char *error, uint64_t 
 		       (unsigned long long)x->gen, util_fmt_size(changed, a, sizeof(a)),
 		       util_fmt_size(sent, b, sizeof(b)), (double)ns / 1e9);
 		if (x->repairs)
-			printf("note: the server asked for %llu repair ranges; repair is not"
-			       " supported by this sender yet\n", (unsigned long long)x->repairs);
+			printf("repair: %llu ranges the cloud side asked for were sent again\n",
+			       (unsigned long long)x->repairs);
 		fflush(stdout);
 	}
+}
+
+static int u64_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Repair: the chunks touching each range the server asked for are sent
+ * whole this pass, with their state, like changed chunks (invariant 5);
+ * ranges of unknown disks or past a disk's end are ignored. Merged into
+ * each disk's changed list, so no chunk travels twice in a generation.
+ */
+static int repair_merge(struct sync_ctx *x, struct err *e)
+{
+	size_t i, k, w;
+
+	for (i = 0; i < x->nrep; i++) {
+		const struct wire_range *r = &x->rep[i];
+		struct sync_disk *d = NULL;
+		uint64_t first, last, idx, end;
+
+		for (k = 0; k < x->ndisks; k++)
+			if ((uint64_t)x->disks[k].md.id == r->disk)
+				d = &x->disks[k];
+		if (!d || r->offset >= d->md.size)
+			continue;
+		end = r->length > d->md.size - r->offset ? d->md.size : r->offset + r->length;
+		first = r->offset / d->md.chunk_size;
+		last = (end - 1) / d->md.chunk_size;
+		for (idx = first; idx <= last; idx++) {
+			if (chg_add(d, idx << 1 | 1) < 0)
+				return err_set(e, -ENOMEM, "out of memory");
+			d->changed_bytes += chunk_len(d, idx);
+		}
+		x->repairs++;
+	}
+	x->nrep = 0;
+	for (k = 0; k < x->ndisks; k++) {
+		struct sync_disk *d = &x->disks[k];
+
+		qsort(d->chg, d->nchg, sizeof(*d->chg), u64_cmp);
+		/* One entry per chunk, forced when any was (idx|1 sorts after idx). */
+		for (i = 0, w = 0; i < d->nchg; i++) {
+			if (w && d->chg[w - 1] >> 1 == d->chg[i] >> 1) {
+				d->chg[w - 1] |= d->chg[i] & 1;
+				continue;
+			}
+			d->chg[w++] = d->chg[i];
+		}
+		d->nchg = w;
+	}
+	return 0;
 }
 
 /* One pass: scan every disk, send what changed, end the generation. */
@@ -1566,6 +1643,8 @@ static int sync_pass(struct sync_ctx *x, struct err *e)
 		rc = sync_connect(x, e);
 	if (rc < 0 && sync_retryable(rc))
 		rc = sync_reconnect(x, rc, e);
+	if (rc == 0)
+		rc = repair_merge(x, e);
 	for (i = 0; rc == 0 && i < x->ndisks; i++) {
 		rc = send_disk(x, &x->disks[i], e);
 		if (rc == 0)
@@ -1807,6 +1886,7 @@ static void sync_free(struct sync_ctx *x)
 	for (i = 0; i < x->wn; i++)
 		free(x->win[i].buf);
 	free(x->win);
+	free(x->rep);
 	for (i = 0; x->disks && i < x->ndisks; i++) {
 		img_close(x->disks[i].img);
 		free(x->disks[i].ev.v);

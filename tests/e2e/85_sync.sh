@@ -274,6 +274,28 @@ diag "first --interval pass took $((t1 - t0)) s"
 check "apply the --interval passes" apply_once
 same "after --interval passes: the target equals the source" "$src" "$tgt"
 
+# --- repair: a chunk the target lacks, asked for through the journal ---------
+# As if ingest had found chunk 200 damaged on the drive: the target holds
+# zeros there, and the journal holds a repair request for part of it.
+dd if=/dev/zero of="$tgt" bs=64K seek=200 count=1 conv=notrunc status=none
+python3 - "$J/journal.db" "$uuid" $((200 * 65536 + 1000)) 5000 <<'EOF2'
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=10)
+db.execute("INSERT INTO repairs(drive, disk, offset, length, added) VALUES (?,?,?,?,?)",
+           (bytes.fromhex(sys.argv[2].replace("-", "")), 1, int(sys.argv[3]),
+            int(sys.argv[4]), int(time.time())))
+db.commit()
+EOF2
+sync_once "$T/s7.json" || not_ok "sync with a repair request" "$(tail -n 3 "$T/s7.json.err")"
+eq "repair: the sender served the requested range" \
+	"$(json_pass "$T/s7.json" 'p["repair_ranges"]')" 1
+check "apply the repair" apply_once
+same "after the repair: the target equals the source" "$src" "$tgt"
+eq "apply cleared the repair request it completed" \
+	"$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM repairs").fetchone()[0])' "$J/journal.db")" 0
+sync_once "$T/s8.json"
+eq "the next pass has no repair to serve" "$(json_pass "$T/s8.json" 'p["repair_ranges"]')" 0
+
 # --- a flipped byte in the journal: refused, nothing written ------------------
 mutate "$src" 5 50 >/dev/null
 sync_once "$T/s5.json" || not_ok "sync round 5" "$(tail -n 3 "$T/s5.json.err")"
