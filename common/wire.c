@@ -818,17 +818,16 @@ static int tcp_connect(const char *hp, uint64_t deadline, int *out, struct err *
 	return 0;
 }
 
+static int client_handshake(int fd, const char *host_port,
+			    const struct wire_identity *me,
+			    const uint8_t server_pk[WIRE_PK_LEN], uint64_t deadline,
+			    struct wire_conn **out, struct err *e);
+
 int wire_connect(const char *host_port, const struct wire_identity *me,
 		 const uint8_t server_pk[WIRE_PK_LEN], int timeout_ms,
 		 struct wire_conn **out, struct err *e)
 {
 	uint64_t deadline = deadline_of(timeout_ms);
-	struct wire_handshake mine, theirs;
-	uint8_t hello[WIRE_HANDSHAKE_LEN];
-	uint8_t *keys = NULL;   /* rx || tx, guarded */
-	struct wire_conn *c = NULL;
-	size_t got = 0;
-	char hex[WIRE_KEY_TEXT_LEN + 1];
 	int fd = -1, r;
 
 	*out = NULL;
@@ -837,6 +836,37 @@ int wire_connect(const char *host_port, const struct wire_identity *me,
 	r = tcp_connect(host_port, deadline, &fd, e);
 	if (r < 0)
 		return r;
+	return client_handshake(fd, host_port, me, server_pk, deadline, out, e);
+}
+
+int wire_connect_fd(int fd, const struct wire_identity *me,
+		    const uint8_t server_pk[WIRE_PK_LEN], int timeout_ms,
+		    struct wire_conn **out, struct err *e)
+{
+	int r;
+
+	*out = NULL;
+	if (sodium_init() < 0 || (r = set_nonblock(fd)) < 0) {
+		close(fd);
+		return err_set(e, -EIO, "wire: cannot set up the socket");
+	}
+	return client_handshake(fd, "server", me, server_pk, deadline_of(timeout_ms),
+				out, e);
+}
+
+static int client_handshake(int fd, const char *host_port,
+			    const struct wire_identity *me,
+			    const uint8_t server_pk[WIRE_PK_LEN], uint64_t deadline,
+			    struct wire_conn **out, struct err *e)
+{
+	struct wire_handshake mine, theirs;
+	uint8_t hello[WIRE_HANDSHAKE_LEN];
+	uint8_t *keys = NULL;   /* rx || tx, guarded */
+	struct wire_conn *c = NULL;
+	size_t got = 0;
+	char hex[WIRE_KEY_TEXT_LEN + 1];
+	int r;
+
 	c = conn_new(fd);
 	if (!c) {
 		close(fd);

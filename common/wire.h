@@ -180,6 +180,12 @@ int wire_record_parse(const uint8_t *b, size_t len, struct rec_hdr *h,
  * printable ASCII becomes '?'; out gets a NUL-terminated copy. */
 void wire_error_text(const uint8_t *b, size_t len, char *out, size_t cap);
 
+/* wire_connect on a connected stream socket (which the connection then
+ * owns, closed on failure too): the client handshake without TCP setup. */
+int wire_connect_fd(int fd, const struct wire_identity *me,
+		    const uint8_t server_pk[WIRE_PK_LEN], int timeout_ms,
+		    struct wire_conn **out, struct err *e);
+
 /* The negotiated version. */
 int wire_version(const struct wire_conn *c);
 /* 1 when a message has begun to arrive (or is already buffered), so a
