@@ -1606,7 +1606,8 @@ static int repair_merge(struct sync_ctx *x, struct err *e)
 	for (k = 0; k < x->ndisks; k++) {
 		struct sync_disk *d = &x->disks[k];
 
-		qsort(d->chg, d->nchg, sizeof(*d->chg), u64_cmp);
+		if (d->nchg)
+			qsort(d->chg, d->nchg, sizeof(*d->chg), u64_cmp);
 		/* One entry per chunk, forced when any was (idx|1 sorts after idx). */
 		for (i = 0, w = 0; i < d->nchg; i++) {
 			if (w && d->chg[w - 1] >> 1 == d->chg[i] >> 1) {
