@@ -271,6 +271,7 @@ static int stream_last_gen(struct journal *j, int64_t id, uint64_t *gen, struct 
 static int jstream_reload(struct journal *j, struct jstream *s, struct err *e)
 {
 	struct journal_stream o;
+	struct stat st;
 	int r;
 
 	r = stream_load(j, s->id, &o, e);
@@ -286,7 +287,10 @@ static int jstream_reload(struct journal *j, struct jstream *s, struct err *e)
 	s->done_seq = o.complete_seq;
 	s->dirty = 0;
 	j->total += s->end;
-	if (s->fd >= 0 && ftruncate(s->fd, (off_t)s->end) < 0)
+	/* Only ever cut back: a log shorter than its index is jstream_open's
+	 * business (extending it would fake the missing records with zeros). */
+	if (s->fd >= 0 && fstat(s->fd, &st) == 0 && (uint64_t)st.st_size > s->end &&
+	    ftruncate(s->fd, (off_t)s->end) < 0)
 		return err_set(e, -errno, "journal: cut log back: %s", strerror(errno));
 	return 0;
 }
