@@ -9,8 +9,10 @@
  * whole, or, when the 4 KiB block hashes of what the cloud side holds are
  * known (a zero chunk, or one this sender sent), only its changed blocks,
  * adjacent ones coalesced into one record; a chunk that became zero is a
- * zeroes record. A generation-end record closes the pass. Records go out
- * over wire.h, at most SYNC_WINDOW bytes of them unacknowledged.
+ * zeroes record. Chunks touching the ranges a REPAIR message asks for are
+ * sent whole in the same pass. A generation-end record closes the pass.
+ * Records go out over wire.h, at most SYNC_WINDOW bytes of them
+ * unacknowledged.
  *
  * Invariants:
  *  1. Before a record is sent, a row in table pending holds its seq, the
