@@ -32,6 +32,9 @@ static uint64_t client_acked;
 static int fail(const char *what, const struct err *e)
 {
 	printf("acked %llu\n", (unsigned long long)client_acked);
+	/* flushed now: a test tool exits on errors without freeing, and a
+	 * sanitizer's leak report would end it before stdio flushes */
+	fflush(stdout);
 	fprintf(stderr, "wire_client: %s: %s\n", what, e->msg);
 	return 1;
 }
