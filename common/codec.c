@@ -212,7 +212,8 @@ ssize_t codec_compress(struct codec *c, const uint8_t *plain, size_t plen,
 	}
 	if (cap < plen)
 		return -ENOBUFS;
-	memcpy(body, plain, plen);
+	if (plen)
+		memcpy(body, plain, plen);
 	return (ssize_t)plen;
 }
 

@@ -33,6 +33,8 @@
 int ingest_verify(int argc, char **argv);
 int ingest_run(int argc, char **argv);
 int ingest_manifest(int argc, char **argv);
+int ingest_serve(int argc, char **argv);
+int ingest_apply(int argc, char **argv);
 
 /* Prints "ferry-ingest: CMD: <message> (see 'ferry-ingest CMD --help')";
  * returns INGEST_EXIT_USAGE. */

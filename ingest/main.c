@@ -11,16 +11,12 @@
 #include "../common/cli.h"
 #include "ingest.h"
 
-int ingest_apply(int argc, char **argv); /* apply.c (belongs in ingest.h) */
 
 struct ingest_cmd {
 	const char *name;
 	int (*run)(int argc, char **argv);
 	const char *summary;
 };
-
-/* serve.c (its prototype belongs in ingest.h, which is not serve's file) */
-int ingest_serve(int argc, char **argv);
 
 static const struct ingest_cmd ingest_cmds[] = {
 	{ "verify", ingest_verify,

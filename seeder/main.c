@@ -7,7 +7,6 @@
 #include "../common/util.h"
 #include "seed.h"
 
-int seed_sync_main(int argc, char **argv); /* sync.c (belongs in seed.h) */
 
 static void usage(FILE *f)
 {

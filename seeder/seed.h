@@ -15,6 +15,7 @@
 
 int seed_write_main(int argc, char **argv);
 int seed_seal_main(int argc, char **argv);
+int seed_sync_main(int argc, char **argv);
 
 /* STATE/<uuid>/manifest.db for the drive at dev; probes dev for its UUID. */
 int seed_manifest_path(const char *state, const char *dev, char *buf,
