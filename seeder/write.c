@@ -128,6 +128,7 @@ struct writer {
 	uint8_t *buf;
 	uint64_t since_bytes, since_rows, since_ns;
 	uint64_t total_appended;
+	const char *format;       /* --format: the sources' format, NULL: by content */
 	int full;                 /* ran out of space */
 	int no_append;            /* recovering: record only chunks on the drive */
 };
@@ -152,7 +153,11 @@ static void usage(FILE *f)
 		"again with more NAME=SOURCE pairs to add disks to the same drive.\n"
 		"\n"
 		"  NAME=SOURCE           disk name (letters, digits, . _ -, at most 64)\n"
-		"                        and a raw image file or block device\n"
+		"                        and a raw, qcow2 or VMDK image, a block device,\n"
+		"                        or an NBD URI (nbd://host/export,\n"
+		"                        nbd+unix:///export?socket=PATH)\n"
+		"  --format F            read every SOURCE as F (raw, qcow2, vmdk, nbd)\n"
+		"                        instead of finding the format from its content\n"
 		"  --key-file F          the drive's key file (default: ask on the terminal)\n"
 		"  --state DIR           host state folder (default: $FERRY_STATE_DIR/seed,\n"
 		"                        /var/lib/ferry/seed as root, ~/.local/state/ferry/seed)\n"
@@ -954,7 +959,7 @@ static int open_sources(struct writer *w, struct err *e)
 		for (j = 0; j < i; j++)
 			if (!strcmp(w->disks[j].name, ds->name))
 				return err_set(e, -EINVAL, "disk name %s given twice", ds->name);
-		rc = img_open(ds->source, IMG_RDONLY, &ds->img, e);
+		rc = img_open_format(ds->source, w->format, IMG_RDONLY, &ds->img, e);
 		if (rc < 0)
 			return rc;
 		if (ds->img->size == 0)
@@ -1023,6 +1028,7 @@ int seed_write_main(int argc, char **argv)
 		{ "level", required_argument, NULL, 'l' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "fill", no_argument, NULL, 'F' },
+		{ "format", required_argument, NULL, 'f' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -1070,6 +1076,14 @@ int seed_write_main(int argc, char **argv)
 			}
 			break;
 		case 'F': fill = 1; break;
+		case 'f':
+			if (strcmp(optarg, "raw") && strcmp(optarg, "qcow2") &&
+			    strcmp(optarg, "vmdk") && strcmp(optarg, "nbd")) {
+				cli_error(SEED_PROG, "--format %s: raw, qcow2, vmdk or nbd", optarg);
+				return EXIT_USAGE;
+			}
+			w.format = optarg;
+			break;
 		case 'j': w.json = 1; break;
 		case 'h': usage(stdout); return EXIT_OK;
 		default: usage(stderr); return EXIT_USAGE;

@@ -61,6 +61,8 @@ if "$SEED" write "$T/d.img" "${args[@]}" --key-file "$T/key" --state "$T/st" --j
 else
 	not_ok "seed qcow2 and VMDK sources" "$(tail -n 3 "$T/w.err")"
 fi
+expect_fail "--format vmdk forced on a qcow2 source is refused" 1 "not a VMDK image" \
+	"$SEED" write "$T/d.img" x="$T/v3.qcow2" --format vmdk --key-file "$T/key" --state "$T/st"
 check "seal" "$SEED" seal "$T/d.img" --key-file "$T/key" --state "$T/st" --receipt "$T/r.json"
 check "verify --deep with the receipt" "$INGEST" verify "$T/d.img" --key-file "$T/key" \
 	--receipt "$T/r.json" --deep
