@@ -535,8 +535,8 @@ if [ "$SEED_OK" = 1 ] && [ "$BIG_OK" = 1 ]; then
 		"($big_rate MB/s allocated vs $seed_rate for the 3 disks)"
 fi
 # Image formats and NBD, in the same run (bench/images.sh).
-if ! sh "$(dirname "$0")/images.sh" "$CORPUS/vm1.raw"; then
-	echo "image read benchmark failed" >>"$PROBLEMS"
+if ! FERRY_BUILD=$FERRY_BUILD FERRY_BENCH_DIR=$BENCH_DIR sh "$HERE/images.sh" "$CORPUS/vm1.raw"; then
+	problem "image read benchmark failed"
 fi
 if [ -s "$PROBLEMS" ]; then
 	echo
