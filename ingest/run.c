@@ -44,6 +44,7 @@
 
 #include "../common/cli.h"
 #include "../common/fault.h"
+#include "../common/journal.h"
 #include "../common/keys.h"
 #include "../common/pool.h"
 #include "../common/root.h"
@@ -72,6 +73,7 @@ struct run_opts {
 	const char *state;
 	const char *receipt;
 	const char *format;      /* raw, qcow2 or vmdk */
+	const char *journal;     /* --journal: file repairs for damaged ranges */
 	const char *subformat;   /* for vmdk */
 	struct run_uri uris[RUN_MAX_TARGETS];
 	size_t nuris;
@@ -155,6 +157,11 @@ static void run_help(void)
 	       "                 holes and zero chunks become write-zeroes there;\n"
 	       "                 repeat for more disks (--to is then needed only for\n"
 	       "                 the disks without a --target)\n"
+	       "  --journal DIR  the delta service's journal (ferry-ingest serve): "
+	       "damaged ranges\n"
+	       "                 become repair requests the sender answers from "
+	       "the source,\n"
+	       "                 applied by ferry-ingest apply\n"
 	       "  --force        overwrite existing target files and start over\n"
 	       "  --json         JSON lines on stdout: progress, then one summary "
 	       "object\n"
@@ -164,7 +171,7 @@ static void run_help(void)
 static int run_parse(int argc, char **argv, struct run_opts *o)
 {
 	enum { OPT_TO = 256, OPT_KEY_FILE, OPT_STATE, OPT_RECEIPT, OPT_FORMAT,
-	       OPT_SUBFORMAT, OPT_TARGET, OPT_FORCE, OPT_JSON, OPT_HELP };
+	       OPT_SUBFORMAT, OPT_TARGET, OPT_JOURNAL, OPT_FORCE, OPT_JSON, OPT_HELP };
 	static const struct option longopts[] = {
 		{ "to", required_argument, NULL, OPT_TO },
 		{ "key-file", required_argument, NULL, OPT_KEY_FILE },
@@ -173,6 +180,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
 		{ "format", required_argument, NULL, OPT_FORMAT },
 		{ "vmdk-subformat", required_argument, NULL, OPT_SUBFORMAT },
 		{ "target", required_argument, NULL, OPT_TARGET },
+		{ "journal", required_argument, NULL, OPT_JOURNAL },
 		{ "force", no_argument, NULL, OPT_FORCE },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, OPT_HELP },
@@ -227,6 +235,9 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
 			o->nuris++;
 			break;
 		}
+		case OPT_JOURNAL:
+			o->journal = optarg;
+			break;
 		case OPT_FORCE:
 			o->force = 1;
 			break;
@@ -1372,6 +1383,44 @@ static int run_prepare(struct run_ctx *x, char *mpath, size_t mlen, struct err *
 	return rc;
 }
 
+/*
+ * Damaged ranges become repair requests in the delta service's journal: the
+ * receiver hands them to the drive's sender on its next connection, the
+ * sender reads them from the source, apply writes them. A damaged drive
+ * costs network bytes, not the migration.
+ */
+static int run_file_repairs(struct run_ctx *x, size_t *filed, struct err *e)
+{
+	struct journal *j = NULL;
+	size_t i, k;
+	int rc = 0;
+
+	*filed = 0;
+	for (i = 0; i < x->nt && !*filed; i++)
+		*filed += x->t[i].nranges;
+	if (!*filed)
+		return 0;
+	*filed = 0;
+	rc = journal_open(x->o->journal, JOURNAL_RDONLY, &j, e);
+	if (rc < 0)
+		return err_prefix(e, "--journal %s", x->o->journal);
+	for (i = 0; rc == 0 && i < x->nt; i++) {
+		for (k = 0; rc == 0 && k < x->t[i].nranges; k++) {
+			struct journal_range r = {
+				.disk = (uint64_t)x->t[i].m.id,
+				.offset = x->t[i].ranges[k].off,
+				.length = x->t[i].ranges[k].len,
+			};
+
+			rc = journal_repair_add(j, x->d->info.uuid_bin, &r, e);
+			if (rc == 0)
+				(*filed)++;
+		}
+	}
+	journal_close(j);
+	return rc;
+}
+
 int ingest_run(int argc, char **argv)
 {
 	struct run_opts o;
@@ -1406,6 +1455,19 @@ int ingest_run(int argc, char **argv)
 	ok = run_conclude(&x, why, sizeof(why));
 	if (!o.json)
 		run_print(&x);
+	if (o.journal) {
+		struct err e2 = { 0, "" };
+		size_t filed = 0;
+
+		if (run_file_repairs(&x, &filed, &e2) < 0) {
+			snprintf(why, sizeof(why), "%s", e2.msg);
+			ok = 0;
+		} else if (filed && !o.json) {
+			printf("%zu damaged range%s filed as repair requests in %s: the sender "
+			       "resends them from the source, ferry-ingest apply writes them\n",
+			       filed, filed == 1 ? "" : "s", o.journal);
+		}
+	}
 	sealed = store_sb(x.d->store)->state == DRIVE_SEALED;
 	for (i = 0; ok && i < x.nt; i++)
 		if (x.t[i].verdict != RUN_IDENTICAL)
