@@ -24,6 +24,22 @@ int appliance_list(int argc, char **argv);
 int appliance_prepare(int argc, char **argv);
 int appliance_status(int argc, char **argv);
 int appliance_erase(int argc, char **argv);
+int appliance_verify_cert(int argc, char **argv);
+
+/* Erasure certificates (cert.c, docs/FORMAT.md "Erasure certificates"). */
+struct drive_info;
+/* Loads STATE/appliance.identity (an Ed25519 secret key, 0600), making it
+ * on first use. sk: 64 bytes, pk: 32 bytes. */
+int cert_identity_load(const char *state_dir, unsigned char *sk,
+		       unsigned char *pk, struct err *e);
+/* After an erase: libblkid finds no LUKS signature (keys_probe gives
+ * -ENODEV), libcryptsetup cannot load a header. 0 when both hold. */
+int cert_post_erase_checks(const char *dev, int *no_sig, int *no_header);
+/* Writes the signed certificate to path (which must not exist). */
+int cert_write(const char *path, const struct drive_info *info,
+	       const char *dev, int keyslots, unsigned long long header_bytes,
+	       unsigned long long when, int no_sig, int no_header,
+	       const unsigned char *sk, const unsigned char *pk, struct err *e);
 
 /* Prints "ferry-appliance: <e->msg>" (or a generic line when e is empty)
  * on stderr; returns APPLIANCE_EXIT_FAIL. */

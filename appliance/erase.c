@@ -6,13 +6,18 @@
  * (keys_erase); without the volume key the records left in the data area can
  * never be decrypted again. Both ferry superblocks are then zeroed, so
  * nothing identifies the drive's former contents either. Requires --yes.
+ * Finally a certificate signed by the appliance's identity key records
+ * what was erased and the post-erase checks (cert.c).
  */
 #include <fcntl.h>
+#include <errno.h>
 #include <getopt.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/cli.h"
 #include "../common/keys.h"
 #include "../common/store.h"
 #include "../common/util.h"
@@ -22,6 +27,8 @@
 
 struct erase_opts {
 	const char *dev;
+	const char *certificate;
+	const char *state;
 	int yes;
 	int json;
 };
@@ -34,16 +41,23 @@ static void erase_help(void)
 	       "both ferry superblocks. The data\nleft on the drive can no "
 	       "longer be decrypted, by anyone. There is no undo.\n\n"
 	       "options:\n"
-	       "  --yes    required: confirms that the drive is to be erased\n"
-	       "  --json   print the result as one JSON object\n"
-	       "  --help   this text\n");
+	       "  --yes              required: confirms that the drive is to be "
+	       "erased\n"
+	       "  --certificate F    write the signed erasure certificate to F\n"
+	       "                     (default STATE/erase-UUID-TIME.json)\n"
+	       "  --state DIR        the appliance's state folder (identity "
+	       "key)\n"
+	       "  --json             print the result as one JSON object\n"
+	       "  --help             this text\n");
 }
 
 static int erase_parse(int argc, char **argv, struct erase_opts *o)
 {
-	enum { OPT_YES = 256, OPT_JSON, OPT_HELP };
+	enum { OPT_YES = 256, OPT_JSON, OPT_HELP, OPT_CERT, OPT_STATE };
 	static const struct option longopts[] = {
 		{ "yes", no_argument, NULL, OPT_YES },
+		{ "certificate", required_argument, NULL, OPT_CERT },
+		{ "state", required_argument, NULL, OPT_STATE },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ NULL, 0, NULL, 0 },
@@ -59,6 +73,12 @@ static int erase_parse(int argc, char **argv, struct erase_opts *o)
 			break;
 		case OPT_JSON:
 			o->json = 1;
+			break;
+		case OPT_CERT:
+			o->certificate = optarg;
+			break;
+		case OPT_STATE:
+			o->state = optarg;
 			break;
 		case OPT_HELP:
 			erase_help();
@@ -115,9 +135,13 @@ int appliance_erase(int argc, char **argv)
 	struct erase_opts o;
 	struct drive_info info;
 	struct err e = { 0, "" };
-	char report[256];
-	uint64_t header;
-	int rc;
+	char report[256], state[4096], cert[4096 + 128], stamp[32];
+	unsigned char sk[crypto_sign_SECRETKEYBYTES];
+	unsigned char pk[crypto_sign_PUBLICKEYBYTES];
+	char pk_hex[crypto_sign_PUBLICKEYBYTES * 2 + 1];
+	uint64_t header, when;
+	int rc, no_sig = 0, no_header = 0;
+	size_t i, j;
 
 	rc = erase_parse(argc, argv, &o);
 	if (rc != 0)
@@ -126,27 +150,66 @@ int appliance_erase(int argc, char **argv)
 	rc = keys_probe(o.dev, &info, &e);
 	if (rc < 0)
 		return appliance_fail(&e);
-	rc = keys_erase(o.dev, report, sizeof(report), &e);
+	/* The identity key and the certificate's path are settled before
+	 * anything is destroyed, so an erase never ends without its
+	 * certificate for a reason that could have been known before. */
+	rc = cli_state_dir(o.state, "appliance", state, sizeof(state), &e);
+	if (rc == 0)
+		rc = cert_identity_load(state, sk, pk, &e);
 	if (rc < 0)
 		return appliance_fail(&e);
+	util_hex(pk, sizeof(pk), pk_hex);
+	when = util_wall_s();
+	if (o.certificate) {
+		snprintf(cert, sizeof(cert), "%s", o.certificate);
+	} else {
+		util_fmt_time(when, stamp, sizeof(stamp));
+		for (i = j = 0; stamp[i]; i++)
+			if (stamp[i] != '-' && stamp[i] != ':')
+				stamp[j++] = stamp[i];
+		stamp[j] = '\0';
+		snprintf(cert, sizeof(cert), "%s/erase-%s-%s.json", state,
+			 info.uuid, stamp);
+	}
+	if (access(cert, F_OK) == 0) {
+		sodium_memzero(sk, sizeof(sk));
+		return appliance_failf("%s: exists already; the certificate "
+				       "would overwrite it", cert);
+	}
+	rc = keys_erase(o.dev, report, sizeof(report), &e);
+	if (rc < 0) {
+		sodium_memzero(sk, sizeof(sk));
+		return appliance_fail(&e);
+	}
 	rc = erase_superblocks(o.dev, &info, &e);
 	/* A record that the device was a ferry drive, and is erased: status
 	 * and list show it; it holds no key and no signature blkid knows. */
 	if (rc == 0 && info.data_offset + SB_LEN <= info.device_size)
 		rc = store_tombstone_write(o.dev, info.data_offset, info.uuid,
 					   util_wall_s(), &e);
+	header = info.device_size < KEYS_DATA_OFFSET ? info.device_size
+						     : KEYS_DATA_OFFSET;
+	if (rc == 0 && cert_post_erase_checks(o.dev, &no_sig, &no_header) < 0)
+		rc = err_set(&e, -EIO, "%s: post-erase check failed (%s)",
+			     o.dev, !no_sig ? "libblkid still finds a LUKS "
+			     "header" : "a LUKS header still loads");
+	if (rc == 0)
+		rc = cert_write(cert, &info, o.dev, info.keyslots, header, when,
+				no_sig, no_header, sk, pk, &e);
+	sodium_memzero(sk, sizeof(sk));
 	if (rc < 0)
 		return appliance_failf("%s (the keys are already destroyed: "
 				       "the data cannot be decrypted)", e.msg);
-	header = info.device_size < KEYS_DATA_OFFSET ? info.device_size
-						     : KEYS_DATA_OFFSET;
 	if (o.json)
 		return appliance_json_print(json_pack(
-			"{s:s,s:b,s:i,s:o,s:i}", "device", o.dev, "erased", 1,
+			"{s:s,s:b,s:i,s:o,s:i,s:s,s:s}", "device", o.dev, "erased", 1,
 			"keyslots_destroyed", info.keyslots,
 			"header_bytes_overwritten", appliance_json_u64(header),
-			"superblocks_zeroed", 2));
+			"superblocks_zeroed", 2, "certificate", cert,
+			"signer", pk_hex));
 	printf("%s: crypto-erased: %s and both ferry superblocks; the data left "
 	       "on the drive can no longer be decrypted\n", o.dev, report);
+	printf("%s: erasure certificate written to %s (signed by appliance "
+	       "key %s)\n", o.dev, cert, pk_hex);
 	return APPLIANCE_EXIT_OK;
 }

@@ -26,6 +26,8 @@ static const struct appliance_cmd appliance_cmds[] = {
 	  "what a drive holds (keyless, or with --key-file)" },
 	{ "erase", appliance_erase,
 	  "crypto-erase: keyslots, header and superblocks destroyed" },
+	{ "verify-cert", appliance_verify_cert,
+	  "check a signed erasure certificate and print what it certifies" },
 };
 
 static void appliance_help(FILE *f)
