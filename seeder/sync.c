@@ -77,6 +77,8 @@ int seed_sync_main(int argc, char **argv);
 #define SYNC_MAX_DISKS 1024
 #define SYNC_MAX_SOURCES 64
 
+enum { SYNC_MODE_AUTO, SYNC_MODE_HASH, SYNC_MODE_BITMAP };
+
 static volatile sig_atomic_t sync_stop;
 
 static void sync_on_signal(int sig)
@@ -100,6 +102,7 @@ struct sync_opts {
 	size_t nsrc;
 	uint64_t interval;        /* seconds, 0 with --once */
 	uint64_t rate;            /* --max-net-rate, 0: unlimited */
+	int mode;                 /* SYNC_MODE_* */
 	int print_key;
 	int json;
 };
@@ -127,7 +130,9 @@ struct sync_disk {
 	uint64_t sent_data;       /* plaintext bytes of data records */
 	uint64_t sent_zero;       /* bytes covered by zeroes records */
 	uint64_t records;
-	uint64_t read_bytes;
+	uint64_t read_bytes;      /* bytes read to find the changes (the scan) */
+	uint64_t img_read0;       /* d->img->bytes_read when the pass started */
+	const char *mode;         /* "hash" or "bitmap": how this pass found changes */
 	double hot_rate;          /* changed bytes per second since the last pass */
 	uint64_t send_start_ns;
 };
@@ -225,9 +230,14 @@ static void sync_usage(FILE *f)
 		"  --print-key           print this sender's public key and exit (made on\n"
 		"                        first use, kept in DIR/sync.identity)\n"
 		"  --key-file F          the drive's key file (default: ask on the terminal)\n"
-		"  --mode auto|hash      how changes are found: hash re-reads the sources and\n"
-		"                        compares chunk ids and 4 KiB block hashes; auto is\n"
-		"                        hash for now (bitmap and cbt modes are not built yet)\n"
+		"  --mode auto|hash|bitmap\n"
+		"                        how changes are found: hash re-reads the sources and\n"
+		"                        compares chunk ids and 4 KiB block hashes; bitmap\n"
+		"                        reads only the chunks the QEMU dirty bitmap recorded\n"
+		"                        at seed time ('ferry-seed write --bitmap') marks\n"
+		"                        dirty, over NBD, falling back to hash for a disk\n"
+		"                        without a usable bitmap; auto (the default) is bitmap\n"
+		"                        where recorded and usable, else hash (cbt: not built)\n"
 		"  --once                one pass, then exit (the default)\n"
 		"  --interval S          a pass every S seconds until SIGINT/SIGTERM, which\n"
 		"                        stop after the records in flight are acknowledged\n"
@@ -1155,11 +1165,27 @@ static uint64_t diff_bytes(const struct sync_ctx *x, const struct chunk_state *c
 	return n;
 }
 
+/* The first chunk at or after idx touching a dirty extent (nchunks: none). */
+static uint64_t next_dirty_chunk(const struct sync_disk *d, const struct sync_extents *dirty,
+				 uint64_t idx)
+{
+	uint64_t off = idx * d->md.chunk_size, first;
+	size_t i = ext_find(dirty, off);
+
+	if (i == dirty->n)
+		return d->nchunks;
+	first = dirty->v[i].off / d->md.chunk_size;
+	return first > idx ? first : idx;
+}
+
 /*
- * The scan of one disk (hash mode): every chunk's current id against the
- * state; changed chunks are listed with an estimate of their changed bytes.
+ * The scan of one disk: every chunk's current id against the state (hash
+ * mode), or, with dirty (bitmap mode), only the chunks touching its
+ * extents; changed chunks are listed with an estimate of their changed
+ * bytes.
  */
-static int scan_disk(struct sync_ctx *x, struct sync_disk *d, struct err *e)
+static int scan_disk(struct sync_ctx *x, struct sync_disk *d,
+		     const struct sync_extents *dirty, struct err *e)
 {
 	struct scan_job job = { x, d, d->img->ops->parallel_read };
 	struct chunk_state cs = { 0 };
@@ -1191,7 +1217,14 @@ static int scan_disk(struct sync_ctx *x, struct sync_disk *d, struct err *e)
 		/* A batch of chunks: read (on the workers when the backend
 		 * reads in parallel), hashed on every core. */
 		for (n = 0; n < x->nslots && idx < d->nchunks; idx++) {
-			struct sync_slot *s = &x->slots[n];
+			struct sync_slot *s;
+
+			if (dirty) {
+				idx = next_dirty_chunk(d, dirty, idx);
+				if (idx >= d->nchunks)
+					break;
+			}
+			s = &x->slots[n];
 
 			s->idx = idx;
 			s->len = chunk_len(d, idx);
@@ -1246,6 +1279,67 @@ out:
 	sqlite3_finalize(st);
 	free(cs.hashes);
 	free(nh);
+	return rc;
+}
+
+/*
+ * Bitmap mode for one disk: the dirty extents of the bitmap recorded at
+ * seed time, over the whole disk. The bitmap is never cleared, so they
+ * hold everything written since the seed; chunk ids against the state
+ * then keep what earlier passes sent from travelling again. Returns 1
+ * when the bitmap cannot be used (said on stderr): hash mode then.
+ */
+static int scan_bitmap(struct sync_ctx *x, struct sync_disk *d, struct err *e)
+{
+	struct sync_extents dirty = { 0 };
+	struct err e2 = { 0 };
+	const char *why = NULL;
+	int rc;
+
+	if (strcmp(d->md.track_kind, "bitmap") != 0)
+		why = d->md.track_kind[0] ? "its change tracking is not a QEMU bitmap"
+					 : "no dirty bitmap was recorded at seed time"
+					   " ('ferry-seed write --bitmap NAME')";
+	else if (strcmp(d->img->ops->name, "nbd") != 0)
+		why = "its source is not an NBD URI";
+	else if (d->img->size != d->md.size)
+		why = "its size changed since the seed";
+	if (why) {
+		if (x->o->mode == SYNC_MODE_BITMAP)
+			cli_error(SEED_PROG, "sync: disk %s: %s: hash mode for this disk",
+				  d->md.name, why);
+		return 1;
+	}
+	rc = img_dirty_extents(d->img, d->md.track_epoch, 0, d->md.size, ext_collect,
+			       &dirty, &e2);
+	if (rc == -ENOMEM)
+		err_set(&e2, rc, "out of memory");
+	if (rc < 0) {
+		cli_error(SEED_PROG, "sync: disk %s: dirty bitmap %s: %s: hash mode for this disk",
+			  d->md.name, d->md.track_epoch, e2.msg);
+		free(dirty.v);
+		return 1;
+	}
+	rc = scan_disk(x, d, &dirty, e);
+	free(dirty.v);
+	return rc;
+}
+
+/* Finds the changed chunks of one disk by the mode asked for. */
+static int scan_any(struct sync_ctx *x, struct sync_disk *d, struct err *e)
+{
+	int rc = 1;
+
+	d->mode = "hash";
+	if (x->o->mode != SYNC_MODE_HASH) {
+		rc = scan_bitmap(x, d, e);
+		if (rc == 0)
+			d->mode = "bitmap";
+	}
+	if (rc == 1) {
+		d->read_bytes = 0;
+		rc = scan_disk(x, d, NULL, e);
+	}
 	return rc;
 }
 
@@ -1451,6 +1545,11 @@ static json_t *disk_json(const struct sync_ctx *x, const struct sync_disk *d,
 	json_object_set_new(o, "op", json_string("sync"));
 	json_object_set_new(o, "generation", json_integer((json_int_t)x->gen));
 	json_object_set_new(o, "disk", json_string(d->md.name));
+	json_object_set_new(o, "mode", json_string(d->mode ? d->mode : "hash"));
+	json_object_set_new(o, "read_bytes", json_integer((json_int_t)d->read_bytes));
+	json_object_set_new(o, "source_read_bytes",
+			    json_integer(d->img ? (json_int_t)(__atomic_load_n(&d->img->bytes_read,
+			    __ATOMIC_RELAXED) - d->img_read0) : 0));
 	json_object_set_new(o, "changed_chunks", json_integer((json_int_t)d->nchg));
 	json_object_set_new(o, "changed_bytes", json_integer((json_int_t)d->changed_bytes));
 	json_object_set_new(o, "sent_bytes", json_integer((json_int_t)d->sent_bytes));
@@ -1638,7 +1737,8 @@ static int sync_pass(struct sync_ctx *x, struct err *e)
 
 		d->sent_bytes = d->sent_data = d->sent_zero = d->records = 0;
 		d->read_bytes = 0;
-		rc = scan_disk(x, d, e);
+		d->img_read0 = __atomic_load_n(&d->img->bytes_read, __ATOMIC_RELAXED);
+		rc = scan_any(x, d, e);
 		if (rc == 0)
 			rc = disk_hot_rate(x, d, now_s, e);
 	}
@@ -1955,13 +2055,19 @@ static int parse_opts(int argc, char **argv, struct sync_opts *o)
 		case O_KEYF: o->key_file = optarg; break;
 		case O_DRIVE: o->drive = optarg; break;
 		case O_MODE:
-			if (!strcmp(optarg, "bitmap") || !strcmp(optarg, "cbt")) {
-				cli_error(SEED_PROG, "sync: --mode %s: not supported yet (use hash)",
-					  optarg);
+			if (!strcmp(optarg, "cbt")) {
+				cli_error(SEED_PROG, "sync: --mode %s: not supported yet (use hash"
+					  " or bitmap)", optarg);
 				return EXIT_USAGE;
 			}
-			if (strcmp(optarg, "auto") && strcmp(optarg, "hash")) {
-				cli_error(SEED_PROG, "sync: --mode %s: auto or hash", optarg);
+			if (!strcmp(optarg, "auto"))
+				o->mode = SYNC_MODE_AUTO;
+			else if (!strcmp(optarg, "hash"))
+				o->mode = SYNC_MODE_HASH;
+			else if (!strcmp(optarg, "bitmap"))
+				o->mode = SYNC_MODE_BITMAP;
+			else {
+				cli_error(SEED_PROG, "sync: --mode %s: auto, hash or bitmap", optarg);
 				return EXIT_USAGE;
 			}
 			break;

@@ -129,6 +129,7 @@ struct writer {
 	uint64_t since_bytes, since_rows, since_ns;
 	uint64_t total_appended;
 	const char *format;       /* --format: the sources' format, NULL: by content */
+	const char *bitmap;       /* --bitmap: the QEMU dirty bitmap of NBD sources */
 	int full;                 /* ran out of space */
 	int no_append;            /* recovering: record only chunks on the drive */
 };
@@ -158,6 +159,9 @@ static void usage(FILE *f)
 		"                        nbd+unix:///export?socket=PATH)\n"
 		"  --format F            read every SOURCE as F (raw, qcow2, vmdk, nbd)\n"
 		"                        instead of finding the format from its content\n"
+		"  --bitmap NAME         NBD sources only: the QEMU persistent dirty bitmap\n"
+		"                        (made before this seed) that 'ferry-seed sync\n"
+		"                        --mode bitmap' reads changes from; recorded per disk\n"
 		"  --key-file F          the drive's key file (default: ask on the terminal)\n"
 		"  --state DIR           host state folder (default: $FERRY_STATE_DIR/seed,\n"
 		"                        /var/lib/ferry/seed as root, ~/.local/state/ferry/seed)\n"
@@ -947,6 +951,33 @@ static int writer_recover(struct writer *w, const char *dev, const char *mpath,
 	return rc;
 }
 
+static int bitmap_probe(void *opaque, const struct img_extent *x)
+{
+	(void)opaque;
+	(void)x;
+	return 0;
+}
+
+/* --bitmap: the source is NBD and exports the bitmap (a tiny block status). */
+static int check_bitmap(struct writer *w, struct disk_spec *ds, struct err *e)
+{
+	uint64_t len = ds->img->size < 4096 ? ds->img->size : 4096;
+	int rc;
+
+	if (strcmp(ds->img->ops->name, "nbd") != 0)
+		return err_set(e, -EINVAL, "--bitmap %s: disk %s: %s is not an NBD source"
+			       " (dirty bitmaps are read over NBD: serve it with qemu-nbd -B %s)",
+			       w->bitmap, ds->name, ds->source, w->bitmap);
+	rc = img_dirty_extents(ds->img, w->bitmap, 0, len, bitmap_probe, NULL, e);
+	if (rc == -ENOENT)
+		return err_set(e, rc, "--bitmap %s: disk %s: %s does not export that dirty"
+			       " bitmap (qemu-nbd needs -B %s and --shared=2 or more)",
+			       w->bitmap, ds->name, ds->source, w->bitmap);
+	if (rc < 0)
+		return err_prefix(e, "--bitmap %s: disk %s", w->bitmap, ds->name);
+	return 0;
+}
+
 /* Opens every source before the drive is touched, so bad input writes nothing. */
 static int open_sources(struct writer *w, struct err *e)
 {
@@ -964,6 +995,11 @@ static int open_sources(struct writer *w, struct err *e)
 			return rc;
 		if (ds->img->size == 0)
 			return err_set(e, -EINVAL, "%s: source is empty", ds->source);
+		if (w->bitmap) {
+			rc = check_bitmap(w, ds, e);
+			if (rc < 0)
+				return rc;
+		}
 		rc = img_allocated(ds->img, &ds->allocated, e);
 		if (rc < 0)
 			return rc;
@@ -1009,6 +1045,12 @@ static int attach_disks(struct writer *w, struct err *e)
 		ds->md.allocated = ds->allocated;
 		ds->md.started = util_wall_s();
 		ds->md.gen = w->d->gen;
+		/* The change-tracking epoch, recorded as the seed read starts
+		 * (a resumed disk keeps what its first run recorded). */
+		if (w->bitmap) {
+			snprintf(ds->md.track_kind, sizeof(ds->md.track_kind), "bitmap");
+			snprintf(ds->md.track_epoch, sizeof(ds->md.track_epoch), "%s", w->bitmap);
+		}
 		rc = manifest_disk_add(w->d->man, &ds->md, e);
 		if (rc == 0)
 			rc = manifest_event_add(w->d->man, "disk-added", ds->name, w->d->gen, e);
@@ -1029,6 +1071,7 @@ int seed_write_main(int argc, char **argv)
 		{ "threads", required_argument, NULL, 't' },
 		{ "fill", no_argument, NULL, 'F' },
 		{ "format", required_argument, NULL, 'f' },
+		{ "bitmap", required_argument, NULL, 'b' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -1083,6 +1126,13 @@ int seed_write_main(int argc, char **argv)
 				return EXIT_USAGE;
 			}
 			w.format = optarg;
+			break;
+		case 'b':
+			if (!optarg[0] || strlen(optarg) >= sizeof(((struct manifest_disk *)0)->track_epoch)) {
+				cli_error(SEED_PROG, "--bitmap: a bitmap name of 1-255 bytes");
+				return EXIT_USAGE;
+			}
+			w.bitmap = optarg;
 			break;
 		case 'j': w.json = 1; break;
 		case 'h': usage(stdout); return EXIT_OK;

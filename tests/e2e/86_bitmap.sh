@@ -1,0 +1,220 @@
+#!/bin/bash
+# 86_bitmap: the delta service's bitmap mode. A 32 MiB qcow2 of real data
+# with a persistent dirty bitmap b0 is served read-write by qemu-nbd (-B b0);
+# it is seeded over NBD with --bitmap b0 (recorded in the manifest), sealed
+# and ingested; a few 4 KiB blocks are written through NBD; `ferry-seed sync
+# --mode bitmap` reads only the chunks the bitmap marks dirty and
+# `ferry-ingest apply` makes the target equal the image. A second pass
+# (auto) reads the same dirty chunks and sends nothing. Refusals: --bitmap
+# on a file source, a bitmap the server does not export. Fallbacks to hash
+# mode: a file source, a server not exporting the bitmap.
+# shellcheck source=tests/e2e/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+for p in qemu-img qemu-nbd qemu-io; do
+	if ! command -v "$p" >/dev/null 2>&1; then
+		skip "bitmap mode: $p is not installed"
+		done_testing
+	fi
+done
+
+read -r -a KDF <<<"$fast_kdf"
+MiB=$((1 << 20))
+CHUNK=65536
+K=$T/key
+mkkey "$K"
+J=$T/journal
+SOCK=$T/nbd.sock
+URI="nbd+unix:///?socket=$SOCK"
+SRV_PID=
+NBD_PID=
+
+kill_bg() { # kill_bg SIGNAL PID: PID runs "timeout N PROG"
+	local child
+	[ -n "$2" ] || return 0
+	child=$(pgrep -P "$2")
+	[ -n "$child" ] && kill "-$1" $child 2>/dev/null
+	kill "-$1" "$2" 2>/dev/null
+	wait "$2" 2>/dev/null
+}
+
+stop_nbd() {
+	kill_bg TERM "$NBD_PID"
+	NBD_PID=
+	rm -f "$SOCK"
+}
+
+stop_all() {
+	stop_nbd
+	kill_bg TERM "$SRV_PID"
+	SRV_PID=
+}
+trap 'stop_all; _lib_cleanup' EXIT
+
+# start_nbd [ARGS...]: qemu-nbd on $SOCK for img.qcow2, read-write.
+start_nbd() {
+	rm -f "$SOCK"
+	timeout -s TERM 120 qemu-nbd --shared=4 "$@" -k "$SOCK" -f qcow2 "$T/img.qcow2" -t \
+		2>>"$T/nbd.log" &
+	NBD_PID=$!
+	for _ in $(seq 100); do
+		[ -S "$SOCK" ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+eq() {
+	if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1" "got '$2', want '$3'"; fi
+}
+
+# json_pass FILE EXPR: EXPR on the last "pass" event of FILE (as p; d is
+# its first disk).
+json_pass() {
+	python3 -c '
+import json, sys
+p = None
+for line in open(sys.argv[1]):
+    try:
+        o = json.loads(line)
+    except ValueError:
+        continue
+    if o.get("event") == "pass":
+        p = o
+d = p["disks"][0] if p else None
+print(eval(sys.argv[2]) if p else "no-pass-event")' "$1" "$2" 2>&1
+}
+
+start_server() {
+	: >"$T/serve.log"
+	timeout -s TERM 120 "$INGEST" serve --journal "$J" --listen "127.0.0.1:0" \
+		--allow "$SENDER" 2>>"$T/serve.log" &
+	SRV_PID=$!
+	PORT=
+	for _ in $(seq 200); do
+		PORT=$(sed -n 's/.*listening: 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/serve.log")
+		[ -n "$PORT" ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+sync_once() { # sync_once OUT [ARGS...]
+	local out=$1
+	shift
+	timeout 60 "$SEED" sync --state "$T/seed" --to "127.0.0.1:$PORT" --server-key "$SKEY" \
+		--key-file "$K" --once --json "$@" >"$out" 2>"$out.err"
+}
+
+apply_once() {
+	timeout 60 "$INGEST" apply --journal "$J" --state "$T/ingest" --key-file "$K"
+}
+
+# --- a qcow2 with a bitmap, served over NBD -----------------------------------
+raw=$T/a.raw
+truncate -s 32M "$raw"
+head -c $((12 * MiB)) /dev/urandom | dd of="$raw" bs=1M conv=notrunc status=none
+yes "ferry bitmap test line" | head -c $((8 * MiB)) |
+	dd of="$raw" bs=1M seek=16 conv=notrunc status=none iflag=fullblock
+head -c $((4 * MiB)) /dev/urandom | dd of="$raw" bs=1M seek=28 conv=notrunc status=none
+check "qcow2 from the raw" qemu-img convert -f raw -O qcow2 "$raw" "$T/img.qcow2"
+check "bitmap b0 added" qemu-img bitmap --add "$T/img.qcow2" b0
+start_nbd -B b0 || not_ok "qemu-nbd starts"
+
+D=$T/d.img
+truncate -s 1G "$D"
+"$APPLIANCE" prepare "$D" --key-file "$K" "${KDF[@]}" --force >/dev/null ||
+	not_ok "prepare the drive"
+
+# --- refusals at write: nothing is written ----------------------------------
+expect_fail "--bitmap on a file source is refused" 1 'not an NBD source' \
+	"$SEED" write "$D" "f=$raw" --bitmap b0 --key-file "$K" --state "$T/seed"
+expect_fail "--bitmap naming a bitmap the server does not export is refused" 1 \
+	'does not export' \
+	"$SEED" write "$D" "n=$URI" --bitmap nosuch --key-file "$K" --state "$T/seed"
+
+check "seed over NBD with --bitmap b0" "$SEED" write "$D" "n=$URI" --bitmap b0 \
+	--key-file "$K" --state "$T/seed"
+track=$(python3 -c '
+import glob, sqlite3, sys
+db = sqlite3.connect(glob.glob(sys.argv[1] + "/*/manifest.db")[0])
+print(";".join("%s:%s:%s" % r for r in db.execute(
+    "SELECT name, track_kind, track_epoch FROM disks ORDER BY name")))' "$T/seed" 2>&1)
+eq "the manifest records the bitmap (and only disk n)" "$track" "n:bitmap:b0"
+check "seal the drive" "$SEED" seal "$D" --key-file "$K" --state "$T/seed" \
+	--receipt "$T/r.json"
+check "ingest it" "$INGEST" run "$D" --to "$T/out" --key-file "$K" --state "$T/ingest"
+tgt=$T/out/n.raw
+if cmp -s "$raw" "$tgt"; then ok "the target equals the source as seeded"; else
+	not_ok "the target equals the source as seeded"; fi
+
+SENDER=$("$SEED" sync --state "$T/seed" --print-key)
+SKEY=$("$INGEST" serve --journal "$J" --print-key)
+expect_fail "--mode cbt: still not supported (usage)" 2 'not supported yet' \
+	"$SEED" sync --state "$T/seed" --to 127.0.0.1:1 --server-key "$SKEY" --mode cbt
+start_server || not_ok "serve starts"
+
+# --- writes through NBD, a bitmap pass ----------------------------------------
+offs="$((1 * MiB + 8192)) $((1 * MiB + 20480)) $((5 * MiB)) $((17 * MiB + 4096)) $((24 * MiB)) $((30 * MiB + 61440))"
+cmds=()
+for o in $offs; do
+	cmds+=(-c "write -P $((o / 4096 % 200 + 17)) $o 4k")
+done
+check "write 6 blocks through NBD" qemu-io -f raw "$URI" "${cmds[@]}"
+# chunk-rounded dirty bytes: distinct chunks touched
+want=$(for o in $offs; do echo $((o / CHUNK)); done | sort -u | wc -l)
+want=$((want * CHUNK))
+
+if sync_once "$T/s1.json" --mode bitmap; then ok "sync --mode bitmap"; else
+	not_ok "sync --mode bitmap" "$(tail -n 3 "$T/s1.json.err")"; fi
+eq "the pass used bitmap mode" "$(json_pass "$T/s1.json" 'd["mode"]')" bitmap
+rb=$(json_pass "$T/s1.json" 'd["read_bytes"]')
+if [ "$rb" -gt 0 ] 2>/dev/null && [ $((rb * 10)) -le $((want * 11)) ]; then
+	ok "bitmap mode read $rb bytes to find changes (dirty chunks: $want)"
+else
+	not_ok "bitmap mode reads only dirty chunks" "read_bytes $rb, dirty chunks $want"
+fi
+srb=$(json_pass "$T/s1.json" 'd["source_read_bytes"]')
+if [ "$srb" -le $((want * 22 / 10)) ] 2>/dev/null; then
+	ok "source bytes read in all (scan and send) $srb <= 2.2 x $want"
+else
+	not_ok "source bytes read in all" "source_read_bytes $srb, dirty chunks $want"
+fi
+eq "nothing said on stderr" "$(wc -l <"$T/s1.json.err")" 0
+check "apply" apply_once
+
+# --- a second pass (auto): same dirty chunks read, nothing sent --------------
+if sync_once "$T/s2.json"; then ok "sync (auto)"; else
+	not_ok "sync (auto)" "$(tail -n 3 "$T/s2.json.err")"; fi
+eq "auto picks bitmap mode" "$(json_pass "$T/s2.json" 'd["mode"]')" bitmap
+eq "the second pass reads the same dirty chunks" \
+	"$(json_pass "$T/s2.json" 'd["read_bytes"]')" "$rb"
+eq "the second pass sends no data" "$(json_pass "$T/s2.json" 'd["data_bytes"]')" 0
+check "apply (second)" apply_once
+
+# --- the bitmap not exported: hash mode, said once ----------------------------
+stop_nbd
+start_nbd || not_ok "qemu-nbd (no -B) starts"
+if sync_once "$T/s3.json" --mode bitmap; then ok "sync --mode bitmap, bitmap not exported"; else
+	not_ok "sync --mode bitmap, bitmap not exported" "$(tail -n 3 "$T/s3.json.err")"; fi
+eq "falls back to hash mode" "$(json_pass "$T/s3.json" 'd["mode"]')" hash
+eq "says so in one line" "$(grep -c 'hash mode for this disk' "$T/s3.json.err")" 1
+eq "hash mode finds nothing to send" "$(json_pass "$T/s3.json" 'd["data_bytes"]')" 0
+stop_nbd
+
+# --- the target equals the image --------------------------------------------
+check "image to raw" qemu-img convert -f qcow2 -O raw "$T/img.qcow2" "$T/cur.raw"
+check "apply (third)" apply_once
+if cmp -s "$T/cur.raw" "$tgt"; then ok "the target equals the image after the passes"; else
+	not_ok "the target equals the image" "$(cmp "$T/cur.raw" "$tgt" 2>&1 | head -n 1)"; fi
+
+# --- a file source given: hash mode, said once --------------------------------
+if sync_once "$T/s4.json" --mode bitmap --source "n=$T/cur.raw"; then
+	ok "sync --mode bitmap from a file"
+else
+	not_ok "sync --mode bitmap from a file" "$(tail -n 3 "$T/s4.json.err")"
+fi
+eq "a file source: hash mode" "$(json_pass "$T/s4.json" 'd["mode"]')" hash
+eq "says why in one line" "$(grep -c 'not an NBD URI' "$T/s4.json.err")" 1
+
+done_testing
