@@ -1305,7 +1305,8 @@ static int scan_bitmap(struct sync_ctx *x, struct sync_disk *d, struct err *e)
 	else if (d->img->size != d->md.size)
 		why = "its size changed since the seed";
 	if (why) {
-		if (x->o->mode == SYNC_MODE_BITMAP)
+		/* auto is silent only for disks that never had a bitmap */
+		if (x->o->mode == SYNC_MODE_BITMAP || d->md.track_kind[0])
 			cli_error(SEED_PROG, "sync: disk %s: %s: hash mode for this disk",
 				  d->md.name, why);
 		return 1;
