@@ -35,6 +35,10 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/ferry-e2e.XXXXXX") || {
 	echo "Bail out! cannot make a scratch folder"
 	exit 2
 }
+# State folders default to the scratch folder, so no test touches the
+# host's /var/lib/ferry even when a command is run without --state.
+FERRY_STATE_DIR=$T/state
+export FERRY_STATE_DIR
 # Loop devices are recorded in a file, not a variable: loop_attach is
 # usually called as dev=$(loop_attach f), in a subshell.
 _loop_list=$T/.loops
