@@ -160,8 +160,8 @@ else
 	not_ok "sync --print-key" "got '$SENDER'"
 fi
 SKEY=$("$INGEST" serve --journal "$J" --print-key)
-expect_fail "--mode bitmap: not supported yet (usage)" 2 'not supported yet' \
-	"$SEED" sync --state "$T/seed" --to 127.0.0.1:1 --server-key "$SKEY" --mode bitmap
+expect_fail "--mode nonsense: usage" 2 'mode' \
+	"$SEED" sync --state "$T/seed" --to 127.0.0.1:1 --server-key "$SKEY" --mode nonsense
 expect_fail "--mode cbt: not supported yet (usage)" 2 'not supported yet' \
 	"$SEED" sync --state "$T/seed" --to 127.0.0.1:1 --server-key "$SKEY" --mode cbt
 expect_fail "no --to: usage" 2 'needs --to' "$SEED" sync --state "$T/seed"
