@@ -48,6 +48,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,6 +58,7 @@
 #include "../common/keys.h"
 #include "../common/manifest.h"
 #include "../common/pool.h"
+#include "../common/root.h"
 #include "../common/util.h"
 #include "../common/wire.h"
 #include "../image/img.h"
@@ -105,6 +107,12 @@ struct sync_opts {
 	int mode;                 /* SYNC_MODE_* */
 	int print_key;
 	int json;
+	/* --cutover */
+	int cutover;
+	uint64_t max_downtime;    /* seconds */
+	const char *quiesce_cmd;
+	const char *resume_cmd;
+	int yes;
 };
 
 /* The data extents of a source, merged. */
@@ -135,6 +143,9 @@ struct sync_disk {
 	const char *mode;         /* "hash" or "bitmap": how this pass found changes */
 	double hot_rate;          /* changed bytes per second since the last pass */
 	uint64_t send_start_ns;
+	/* final (cutover) pass: the root of the source as this pass saw it */
+	uint8_t root[32];
+	int has_root;
 };
 
 /* A record sent and not yet acknowledged. */
@@ -209,6 +220,9 @@ struct sync_ctx {
 	uint64_t pass_sent, pass_records, pass_changed;
 	uint64_t total_sent;
 	uint64_t passes;
+	/* cutover */
+	int final;                /* this pass is the final one */
+	uint64_t pass_scan_ns, pass_send_ns;
 };
 
 static void sync_usage(FILE *f)
@@ -248,6 +262,15 @@ static void sync_usage(FILE *f)
 		"                        recorded at seed time\n"
 		"  --json                JSON lines on stdout: progress, per-disk figures of\n"
 		"                        each pass, a summary\n"
+		"  --cutover             pass until the next pass is predicted to take at\n"
+		"                        most --max-downtime, quiesce the source, send the\n"
+		"                        final generation with each disk's root hash\n"
+		"  --max-downtime S      cutover: the predicted final pass must fit in S\n"
+		"                        seconds (default 30)\n"
+		"  --quiesce-cmd CMD     cutover: run CMD (/bin/sh -c) to quiesce the source;\n"
+		"                        without it, confirm on the terminal\n"
+		"  --resume-cmd CMD      cutover: run CMD after the final generation\n"
+		"  --yes                 cutover without --quiesce-cmd: do not ask (scripts)\n"
 		"  -h, --help            this help\n");
 }
 
@@ -1193,7 +1216,8 @@ static int scan_disk(struct sync_ctx *x, struct sync_disk *d,
 	uint8_t *nh = NULL;
 	uint64_t idx = 0, b;
 	size_t n, i;
-	int rc;
+	int rc, want_root = x->final && !dirty;
+	struct root r;
 
 	d->nchg = 0;
 	d->changed_bytes = 0;
@@ -1212,6 +1236,8 @@ static int scan_disk(struct sync_ctx *x, struct sync_disk *d,
 	rc = db_prepare(x, "SELECT id, hashes FROM chunks WHERE disk = ? AND idx = ?", &st, e);
 	if (rc < 0)
 		goto out;
+	if (want_root)
+		root_init(&r, x->keys, d->md.size, d->md.chunk_size);
 	progress_item(x->prog, d->md.name, d->md.size, 0);
 	while (idx < d->nchunks && !sync_stop) {
 		/* A batch of chunks: read (on the workers when the backend
@@ -1249,6 +1275,10 @@ static int scan_disk(struct sync_ctx *x, struct sync_disk *d,
 				goto out;
 			}
 			d->read_bytes += s->len;
+			/* Hash mode reads every chunk in order: the final
+			 * pass's root is the source as it is now. */
+			if (want_root)
+				root_add(&r, s->idx, s->zero ? NULL : s->id);
 			rc = chunk_state_get(x, st, d->md.id, s->idx, s->len, &cs, e);
 			if (rc < 0)
 				goto out;
@@ -1275,6 +1305,10 @@ static int scan_disk(struct sync_ctx *x, struct sync_disk *d,
 	}
 	progress_item_end(x->prog);
 	rc = sync_stop ? err_set(e, -EINTR, "interrupted") : 0;
+	if (rc == 0 && want_root) {
+		root_final(&r, d->root);
+		d->has_root = 1;
+	}
 out:
 	sqlite3_finalize(st);
 	free(cs.hashes);
@@ -1332,6 +1366,7 @@ static int scan_any(struct sync_ctx *x, struct sync_disk *d, struct err *e)
 	int rc = 1;
 
 	d->mode = "hash";
+	d->has_root = 0;
 	if (x->o->mode != SYNC_MODE_HASH) {
 		rc = scan_bitmap(x, d, e);
 		if (rc == 0)
@@ -1493,15 +1528,73 @@ out:
 	return rc;
 }
 
-/* The generation-end record (root hashes only at cutover: not built). */
+/*
+ * The root of a disk from the state table (bitmap mode's final pass, after
+ * everything sent is acknowledged and settled): every chunk's id as the
+ * cloud side holds it, no row a zero chunk. An unknown id cannot be
+ * hashed: refused.
+ */
+static int table_root(struct sync_ctx *x, struct sync_disk *d, struct err *e)
+{
+	sqlite3_stmt *st = NULL;
+	struct root r;
+	int rc, s;
+
+	rc = db_prepare(x, "SELECT idx, id FROM chunks WHERE disk = ? ORDER BY idx", &st, e);
+	if (rc < 0)
+		return rc;
+	sqlite3_bind_int64(st, 1, d->md.id);
+	root_init(&r, x->keys, d->md.size, d->md.chunk_size);
+	while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+		sqlite3_int64 idx = sqlite3_column_int64(st, 0);
+
+		if (idx < 0 || (uint64_t)idx >= d->nchunks || (uint64_t)idx < r.next) {
+			rc = err_set(e, -EIO, "%s/sync.db: disk %s: bad chunk index %lld", x->dir,
+				     d->md.name, (long long)idx);
+			break;
+		}
+		if (sqlite3_column_bytes(st, 1) != REC_ID_LEN) {
+			rc = err_set(e, -EIO, "disk %s: chunk %lld: what the cloud side holds is"
+				     " unknown: no root hash (use --mode hash)", d->md.name,
+				     (long long)idx);
+			break;
+		}
+		root_add(&r, (uint64_t)idx, sqlite3_column_blob(st, 1));
+	}
+	if (rc == 0 && s != SQLITE_DONE)
+		rc = db_err(x, e);
+	sqlite3_finalize(st);
+	if (rc == 0) {
+		root_final(&r, d->root);
+		d->has_root = 1;
+	}
+	return rc;
+}
+
+/* The generation-end record; the final one carries each disk's root. */
 static int send_end(struct sync_ctx *x, struct err *e)
 {
-	struct hotrec_end g = { x->gen, 0, x->ndisks, NULL };
+	struct hotrec_end g = { x->gen, x->final, x->ndisks, NULL };
 	struct hotrec_id hid = { 0, 0, 0, HOTREC_END };
 	char *json = NULL;
 	size_t len, i;
-	int rc;
+	int rc, drained = 0;
 
+	for (i = 0; x->final && i < x->ndisks; i++) {
+		if (x->disks[i].has_root)
+			continue;
+		if (!drained) {
+			rc = sync_flush(x, e);
+			if (rc == 0)
+				rc = sync_drain(x, 0, e);
+			if (rc < 0)
+				return rc;
+			drained = 1;
+		}
+		rc = table_root(x, &x->disks[i], e);
+		if (rc < 0)
+			return rc;
+	}
 	g.disks = calloc(x->ndisks ? x->ndisks : 1, sizeof(*g.disks));
 	if (!g.disks)
 		return err_set(e, -ENOMEM, "out of memory");
@@ -1509,6 +1602,10 @@ static int send_end(struct sync_ctx *x, struct err *e)
 		g.disks[i].id = x->disks[i].md.id;
 		snprintf(g.disks[i].name, sizeof(g.disks[i].name), "%s", x->disks[i].md.name);
 		g.disks[i].size = x->disks[i].md.size;
+		if (x->final) {
+			memcpy(g.disks[i].root, x->disks[i].root, 32);
+			g.disks[i].has_root = 1;
+		}
 	}
 	rc = hotrec_end_format(&g, &json, &len, e);
 	free(g.disks);
@@ -1648,6 +1745,7 @@ static void pass_report(struct sync_ctx *x, int ok, const char *error, uint64_t 
 		json_object_set_new(o, "acked_seq", json_integer((json_int_t)x->acked));
 		json_object_set_new(o, "repair_ranges", json_integer((json_int_t)x->repairs));
 		json_object_set_new(o, "seconds", json_real((double)ns / 1e9));
+		json_object_set_new(o, "final", json_boolean(x->final));
 		for (i = 0; i < x->ndisks; i++)
 			json_array_append_new(disks, disk_json(x, &x->disks[i], "disk"));
 		json_object_set_new(o, "disks", disks);
@@ -1743,6 +1841,7 @@ static int sync_pass(struct sync_ctx *x, struct err *e)
 		if (rc == 0)
 			rc = disk_hot_rate(x, d, now_s, e);
 	}
+	x->pass_scan_ns = util_now_ns() - t0;
 	if (rc == 0 && !x->conn)
 		rc = sync_connect(x, e);
 	if (rc < 0 && sync_retryable(rc))
@@ -1756,6 +1855,7 @@ static int sync_pass(struct sync_ctx *x, struct err *e)
 	}
 	if (rc == 0)
 		rc = send_end(x, e);
+	x->pass_send_ns = util_now_ns() - t0 - x->pass_scan_ns;
 	if (rc == 0 && x->gen_done != x->gen)
 		rc = err_set(e, -EPROTO, "generation %llu not acknowledged",
 			     (unsigned long long)x->gen);
@@ -2024,10 +2124,103 @@ static void sync_sleep(uint64_t s)
 	}
 }
 
+/* ---- cutover ------------------------------------------------------------ */
+
+/*
+ * The predicted duration of the next pass, from the last one: its changed
+ * bytes at the send rate it measured (record bytes sent over the time from
+ * the end of its scan to the acknowledgement of its end record), plus its
+ * scan time. Nothing changed: the scan time alone.
+ */
+static double cutover_predict(const struct sync_ctx *x, uint64_t *changed)
+{
+	double scan_s = (double)x->pass_scan_ns / 1e9, send_s = (double)x->pass_send_ns / 1e9;
+	uint64_t sent = x->pass_sent;
+	size_t i;
+
+	*changed = 0;
+	for (i = 0; i < x->ndisks; i++) {
+		*changed += x->disks[i].changed_bytes;
+		sent += x->disks[i].sent_bytes;
+	}
+	if (!*changed)
+		return scan_s;
+	if (!sent || send_s <= 0)
+		return 1e18;
+	return scan_s + (double)*changed / ((double)sent / send_s);
+}
+
+static void cutover_json(const char *step, json_t *o)
+{
+	json_object_set_new(o, "event", json_string("cutover"));
+	json_object_set_new(o, "op", json_string("sync"));
+	json_object_set_new(o, "step", json_string(step));
+	cli_json_emit(o);
+}
+
+/* Runs cmd through /bin/sh, its stdout on our stderr (stdout may be JSON).
+ * Returns its exit status, 128 + signal, or -errno. */
+static int run_cmd(const char *cmd)
+{
+	pid_t pid;
+	int st;
+
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		signal(SIGINT, SIG_DFL);
+		signal(SIGTERM, SIG_DFL);
+		signal(SIGPIPE, SIG_DFL);
+		dup2(STDERR_FILENO, STDOUT_FILENO);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	if (WIFEXITED(st))
+		return WEXITSTATUS(st);
+	return 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+/* Quiesces the source: the command, or the operator's "yes". */
+static int cutover_quiesce(struct sync_ctx *x, struct err *e)
+{
+	const struct sync_opts *o = x->o;
+	char line[64];
+	int rc;
+
+	if (o->quiesce_cmd) {
+		rc = run_cmd(o->quiesce_cmd);
+		if (rc != 0)
+			return err_set(e, -ECANCELED, "cutover: --quiesce-cmd failed (%s %d):"
+				       " nothing final was sent; the source is as it was",
+				       rc < 0 ? "error" : "exit", rc < 0 ? -rc : rc);
+		return 0;
+	}
+	if (o->yes) {
+		fprintf(stderr, "ferry-seed: sync: cutover: --yes: the source must be quiesced"
+			" now; the final pass starts\n");
+		return 0;
+	}
+	fprintf(stderr, "ferry-seed: sync: cutover: the next pass is predicted to fit in %llu s."
+		" Stop every writer of the source disks now (shut the VMs down or freeze"
+		" them), then type yes and Enter to send the final generation: ",
+		(unsigned long long)o->max_downtime);
+	fflush(stderr);
+	if (!fgets(line, sizeof(line), stdin) || strcmp(line, "yes\n") != 0)
+		return err_set(e, -ECANCELED, "cutover: not confirmed: nothing final was sent");
+	return 0;
+}
+
 static int parse_opts(int argc, char **argv, struct sync_opts *o)
 {
 	enum { O_STATE = 256, O_TO, O_SKEY, O_KEYF, O_DRIVE, O_MODE, O_ONCE, O_INTERVAL,
-	       O_RATE, O_PRINT, O_SOURCE, O_JSON, O_HELP };
+	       O_RATE, O_PRINT, O_SOURCE, O_JSON, O_HELP, O_CUTOVER, O_MAXDOWN, O_QUIESCE,
+	       O_RESUME, O_YES };
 	static const struct option opts[] = {
 		{ "state", required_argument, NULL, O_STATE },
 		{ "to", required_argument, NULL, O_TO },
@@ -2041,6 +2234,11 @@ static int parse_opts(int argc, char **argv, struct sync_opts *o)
 		{ "print-key", no_argument, NULL, O_PRINT },
 		{ "source", required_argument, NULL, O_SOURCE },
 		{ "json", no_argument, NULL, O_JSON },
+		{ "cutover", no_argument, NULL, O_CUTOVER },
+		{ "max-downtime", required_argument, NULL, O_MAXDOWN },
+		{ "quiesce-cmd", required_argument, NULL, O_QUIESCE },
+		{ "resume-cmd", required_argument, NULL, O_RESUME },
+		{ "yes", no_argument, NULL, O_YES },
 		{ "help", no_argument, NULL, O_HELP },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -2099,6 +2297,17 @@ static int parse_opts(int argc, char **argv, struct sync_opts *o)
 			o->src[o->nsrc++].source = eq + 1;
 			break;
 		case O_JSON: o->json = 1; break;
+		case O_CUTOVER: o->cutover = 1; break;
+		case O_MAXDOWN:
+			if (util_parse_u64(optarg, 1, 86400, &o->max_downtime) < 0) {
+				cli_error(SEED_PROG, "sync: --max-downtime %s: seconds from 1 to 86400",
+					  optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		case O_QUIESCE: o->quiesce_cmd = optarg; break;
+		case O_RESUME: o->resume_cmd = optarg; break;
+		case O_YES: o->yes = 1; break;
 		case 'h':
 		case O_HELP: sync_usage(stdout); return EXIT_OK;
 		case ':':
@@ -2118,11 +2327,138 @@ static int parse_opts(int argc, char **argv, struct sync_opts *o)
 		cli_error(SEED_PROG, "sync: --once and --interval exclude each other");
 		return EXIT_USAGE;
 	}
+	if (o->cutover && (once || o->interval)) {
+		cli_error(SEED_PROG, "sync: --cutover excludes --once and --interval");
+		return EXIT_USAGE;
+	}
+	if (!o->cutover && (o->max_downtime || o->quiesce_cmd || o->resume_cmd || o->yes)) {
+		cli_error(SEED_PROG, "sync: --max-downtime, --quiesce-cmd, --resume-cmd and --yes"
+			  " need --cutover");
+		return EXIT_USAGE;
+	}
+	if (!o->max_downtime)
+		o->max_downtime = 30;
 	if (!o->print_key && (!o->to || !o->server_key)) {
 		cli_error(SEED_PROG, "sync: needs --to HOST:PORT and --server-key KEY (try --help)");
 		return EXIT_USAGE;
 	}
 	return -1;
+}
+
+/*
+ * --cutover: passes until the next one is predicted to fit in
+ * --max-downtime, then quiesce, the final pass, resume. Returns the exit
+ * status.
+ */
+static int sync_cutover(struct sync_ctx *x, struct err *e)
+{
+	const struct sync_opts *o = x->o;
+	struct sigaction sa;
+	uint64_t changed, t_down = 0;
+	double pred;
+	int rc, rrc;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = sync_on_signal;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	for (;;) {
+		rc = sync_sources(x, e);
+		if (rc == 0)
+			rc = sync_pass(x, e);
+		if (rc == 0 && sync_stop)
+			rc = err_set(e, -EINTR, "interrupted");
+		if (rc < 0)
+			goto fail;
+		pred = cutover_predict(x, &changed);
+		if (o->json) {
+			json_t *j = json_object();
+
+			json_object_set_new(j, "generation", json_integer((json_int_t)x->gen));
+			json_object_set_new(j, "changed_bytes", json_integer((json_int_t)changed));
+			json_object_set_new(j, "scan_s", json_real((double)x->pass_scan_ns / 1e9));
+			json_object_set_new(j, "send_s", json_real((double)x->pass_send_ns / 1e9));
+			json_object_set_new(j, "predicted_s", json_real(pred < 1e17 ? pred : -1));
+			json_object_set_new(j, "max_downtime_s",
+					    json_integer((json_int_t)o->max_downtime));
+			cutover_json("predict", j);
+		} else {
+			printf("cutover: generation %llu: next pass predicted %.1f s (at most %llu s"
+			       " wanted)\n", (unsigned long long)x->gen, pred,
+			       (unsigned long long)o->max_downtime);
+			fflush(stdout);
+		}
+		if (pred <= (double)o->max_downtime)
+			break;
+	}
+	t_down = util_now_ns();
+	if (o->json)
+		cutover_json("quiesce", json_object());
+	rc = cutover_quiesce(x, e);
+	if (rc < 0)
+		goto fail;
+	if (o->json)
+		cutover_json("quiesced", json_object());
+	x->final = 1;
+	rc = sync_sources(x, e);
+	if (rc == 0)
+		rc = sync_pass(x, e);
+	if (rc == 0 && sync_stop)
+		rc = err_set(e, -EINTR, "interrupted");
+	if (rc == 0 && o->json) {
+		json_t *j = json_object();
+
+		json_object_set_new(j, "generation", json_integer((json_int_t)x->gen));
+		cutover_json("final_sent", j);
+	}
+	/* The source does not stay down because the final pass failed. */
+	rrc = 0;
+	if (o->resume_cmd) {
+		rrc = run_cmd(o->resume_cmd);
+		if (o->json) {
+			json_t *j = json_object();
+
+			json_object_set_new(j, "exit", json_integer(rrc));
+			cutover_json("resumed", j);
+		}
+	}
+	if (rc < 0) {
+		cli_error(SEED_PROG, "sync: cutover: final pass (generation %llu): %s%s",
+			  (unsigned long long)x->gen, e->msg,
+			  o->resume_cmd ? "; --resume-cmd was run" : "");
+		return EXIT_FAIL;
+	}
+	{
+		double down = (double)(util_now_ns() - t_down) / 1e9;
+
+		if (o->json) {
+			json_t *j = json_object();
+
+			json_object_set_new(j, "generation", json_integer((json_int_t)x->gen));
+			json_object_set_new(j, "downtime_s", json_real(down));
+			cutover_json("done", j);
+		}
+		fprintf(o->json ? stderr : stdout, "cutover: final generation %llu sent;"
+			" downtime %.1f s\n", (unsigned long long)x->gen, down);
+	}
+	if (rrc != 0) {
+		cli_error(SEED_PROG, "sync: cutover: final generation %llu sent, but --resume-cmd"
+			  " failed (%s %d)", (unsigned long long)x->gen,
+			  rrc < 0 ? "error" : "exit", rrc < 0 ? -rrc : rrc);
+		return EXIT_FAIL;
+	}
+	return EXIT_OK;
+fail:
+	if (x->conn && x->wn) {
+		struct err e2 = { 0 };
+
+		sync_drain(x, 0, &e2);
+	}
+	if (x->conn)
+		wire_send(x->conn, WIRE_BYE, NULL, 0, NULL);
+	cli_error(SEED_PROG, "sync: %s", e->msg[0] ? e->msg : strerror(-rc));
+	return EXIT_FAIL;
 }
 
 int seed_sync_main(int argc, char **argv)
@@ -2156,6 +2492,12 @@ int seed_sync_main(int argc, char **argv)
 		status = EXIT_USAGE;
 		goto out;
 	}
+	if (o.cutover && !o.quiesce_cmd && !o.yes && !isatty(STDIN_FILENO)) {
+		cli_error(SEED_PROG, "sync: --cutover: no terminal to confirm the quiesce on:"
+			  " give --quiesce-cmd CMD or --yes");
+		status = EXIT_FAIL;
+		goto out;
+	}
 	ratelimit_init(&x.rl, o.rate);
 	x.rate_now = o.rate;
 	x.prog = progress_new("scan", o.json);
@@ -2172,6 +2514,10 @@ int seed_sync_main(int argc, char **argv)
 		rc = sync_buffers(&x, &e);
 	if (rc < 0)
 		goto fail;
+	if (o.cutover) {
+		status = sync_cutover(&x, &e);
+		goto out;
+	}
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = sync_on_signal;
 	sigaction(SIGINT, &sa, NULL);

@@ -1,0 +1,203 @@
+#!/bin/bash
+# 88_cutover: `ferry-seed sync --cutover` end to end on loopback. A 32 MiB
+# raw disk is seeded, sealed and ingested; serve runs; blocks of the source
+# change. Without a terminal, --yes or --quiesce-cmd the cutover is refused
+# (exit 1, one line). A failing --quiesce-cmd aborts (exit 1) with no final
+# generation sent: apply then prints no cutover line. Then the cutover
+# proper: passes until the predicted pass fits in --max-downtime, the
+# quiesce command, the final generation (root hashes), the resume command;
+# apply says "identical to source at cutover" and the target equals the
+# source byte for byte. Servers are bounded by timeout, stopped by the trap.
+# shellcheck source=tests/e2e/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+read -r -a KDF <<<"$fast_kdf"
+MiB=$((1 << 20))
+K=$T/key
+mkkey "$K"
+J=$T/journal
+SRV_PID=
+
+stop_server() {
+	local child
+	[ -n "$SRV_PID" ] || return 0
+	child=$(pgrep -P "$SRV_PID")
+	[ -n "$child" ] && kill -TERM "$child" 2>/dev/null
+	kill -TERM "$SRV_PID" 2>/dev/null
+	wait "$SRV_PID" 2>/dev/null
+	SRV_PID=
+}
+trap 'stop_server; _lib_cleanup' EXIT
+
+same() {
+	if cmp -s "$2" "$3"; then
+		ok "$1"
+	else
+		not_ok "$1" "$(cmp "$2" "$3" 2>&1 | head -n 1)"
+	fi
+}
+
+start_server() {
+	: >"$T/serve.log"
+	timeout -s TERM 120 "$INGEST" serve --journal "$J" --listen "127.0.0.1:0" \
+		--allow "$SENDER" 2>>"$T/serve.log" &
+	SRV_PID=$!
+	PORT=
+	for _ in $(seq 200); do
+		PORT=$(sed -n 's/.*listening: 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/serve.log")
+		[ -n "$PORT" ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+cutover() { # cutover ARGS...: stdin from /dev/null (no terminal)
+	timeout 60 "$SEED" sync --state "$T/seed" --to "127.0.0.1:$PORT" --server-key "$SKEY" \
+		--key-file "$K" --cutover "$@" </dev/null
+}
+
+apply_once() {
+	timeout 60 "$INGEST" apply --journal "$J" --state "$T/ingest" --key-file "$K"
+}
+
+# mutate FILE SEED COUNT: COUNT random 4 KiB blocks at random offsets, and
+# one 64 KiB range zeroed.
+mutate() {
+	python3 - "$@" <<'EOF'
+import os, random, sys
+path, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rnd = random.Random(seed)
+with open(path, "r+b") as f:
+    for _ in range(count):
+        f.seek(rnd.randrange(0, 32 * 1024 * 1024 // 4096) * 4096)
+        f.write(os.urandom(4096))
+    f.seek(rnd.randrange(0, 32 * 16) * 65536)
+    f.write(bytes(65536))
+    f.flush()
+    os.fsync(f.fileno())
+EOF
+}
+
+# --- a source, seeded, sealed, ingested ------------------------------------
+src=$T/a.raw
+truncate -s 32M "$src"
+head -c $((12 * MiB)) /dev/urandom | dd of="$src" bs=1M conv=notrunc status=none
+yes "ferry cutover test line" | head -c $((4 * MiB)) |
+	dd of="$src" bs=1M seek=16 conv=notrunc status=none iflag=fullblock
+head -c $((2 * MiB)) /dev/urandom | dd of="$src" bs=1M seek=28 conv=notrunc status=none
+
+D=$T/d.img
+truncate -s 512M "$D"
+"$APPLIANCE" prepare "$D" --key-file "$K" "${KDF[@]}" --force >/dev/null ||
+	not_ok "prepare the drive"
+check "seed the disk" "$SEED" write "$D" "a=$src" --key-file "$K" --state "$T/seed"
+check "seal the drive" "$SEED" seal "$D" --key-file "$K" --state "$T/seed" \
+	--receipt "$T/r.json"
+check "ingest it" "$INGEST" run "$D" --to "$T/out" --key-file "$K" --state "$T/ingest"
+tgt=$T/out/a.raw
+same "the target equals the source as seeded" "$src" "$tgt"
+
+SENDER=$("$SEED" sync --state "$T/seed" --print-key)
+SKEY=$("$INGEST" serve --journal "$J" --print-key)
+start_server || not_ok "serve starts"
+
+# --- usage and refusals -------------------------------------------------------
+expect_fail "--cutover with --once: usage" 2 'cutover excludes' cutover --once
+expect_fail "--quiesce-cmd without --cutover: usage" 2 'need --cutover' \
+	"$SEED" sync --state "$T/seed" --to "127.0.0.1:$PORT" --server-key "$SKEY" \
+	--key-file "$K" --quiesce-cmd true
+expect_fail "no terminal, no --yes, no --quiesce-cmd: refused" 1 \
+	'no terminal to confirm' cutover --max-downtime 30
+if [ ! -e "$J/streams" ] || [ -z "$(ls "$J/streams" 2>/dev/null)" ]; then
+	ok "the refusal sent nothing"
+else
+	not_ok "the refusal sent nothing" "$(ls "$J/streams")"
+fi
+
+# --- a failing --quiesce-cmd: no final generation -----------------------------
+mutate "$src" 1 300
+expect_fail "--quiesce-cmd false: aborted with one line" 1 'quiesce-cmd failed' \
+	cutover --max-downtime 30 --quiesce-cmd false --json
+diag "it said: $(cat "$T/.fail.err")"
+if grep -q '"final":true' "$T/.fail.out"; then
+	not_ok "no final pass after the failed quiesce" "$(grep '"final":true' "$T/.fail.out")"
+else
+	ok "no final pass after the failed quiesce"
+fi
+apply_once >"$T/apply1.out" 2>&1
+rc=$?
+if [ "$rc" -eq 0 ] && grep -q 'generation 1 applied' "$T/apply1.out" &&
+	! grep -q 'cutover' "$T/apply1.out"; then
+	ok "apply: the non-final generation applied, no cutover line"
+else
+	not_ok "apply after the failed quiesce" "exit $rc" "$(cat "$T/apply1.out")"
+fi
+
+# --- the cutover --------------------------------------------------------------
+mutate "$src" 2 400
+t0=$(date +%s)
+if cutover --max-downtime 30 --quiesce-cmd "touch $T/quiesced" \
+	--resume-cmd "touch $T/resumed" --yes --json >"$T/c.json" 2>"$T/c.err"; then
+	ok "sync --cutover exits 0 ($(($(date +%s) - t0)) s)"
+else
+	not_ok "sync --cutover" "$(tail -n 5 "$T/c.err")"
+fi
+if [ -e "$T/quiesced" ] && [ -e "$T/resumed" ]; then
+	ok "the quiesce and resume commands ran"
+else
+	not_ok "the quiesce and resume commands ran" "$(ls "$T")"
+fi
+steps=$(python3 -c '
+import json, sys
+out = []
+for line in open(sys.argv[1]):
+    o = json.loads(line)
+    if o.get("event") == "cutover":
+        out.append(o["step"])
+    elif o.get("event") == "pass" and o.get("final"):
+        out.append("final-pass")
+print(" ".join(s for i, s in enumerate(out) if s != "predict" or i == 0 or out[i - 1] != "predict"))
+' "$T/c.json" 2>&1)
+if [ "$steps" = "predict quiesce quiesced final-pass final_sent resumed done" ]; then
+	ok "JSON steps in order: $steps"
+else
+	not_ok "JSON steps in order" "got: $steps"
+fi
+gen=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    o = json.loads(line)
+    if o.get("event") == "cutover" and o["step"] == "done":
+        print(o["generation"])' "$T/c.json")
+if grep -Eq "^cutover: final generation $gen sent; downtime [0-9.]+ s$" "$T/c.err"; then
+	ok "says: $(grep '^cutover:' "$T/c.err")"
+else
+	not_ok "the cutover line" "$(cat "$T/c.err")"
+fi
+check "apply the final generation" apply_once
+if grep -q '^disk a: identical to source at cutover$' "$T/.check.out"; then
+	ok "apply: disk a: identical to source at cutover"
+else
+	not_ok "apply: identical to source at cutover" "$(cat "$T/.check.out")"
+fi
+same "after the cutover: the target equals the source" "$src" "$tgt"
+
+# --- the roots do compare: a target damaged where the final pass does not
+# write is found different ---------------------------------------------------
+mutate "$src" 3 20
+printf 'X' | dd of="$tgt" bs=1 seek=$((31 * MiB + 5)) conv=notrunc status=none
+cmp -s "$src" "$tgt" && not_ok "the target was damaged" "cmp says equal"
+if cutover --quiesce-cmd true >"$T/c2.out" 2>&1; then
+	ok "a second cutover"
+else
+	not_ok "a second cutover" "$(tail -n 5 "$T/c2.out")"
+fi
+expect_fail "apply: the damaged target differs from the source at cutover" 1 \
+	'differs from its source at cutover' apply_once
+if grep -q '^disk a: differs from source at cutover (target root [0-9a-f]\{64\}, source root [0-9a-f]\{64\})$' "$T/.fail.out"; then
+	ok "apply names the disk and both roots"
+else
+	not_ok "apply names the disk and both roots" "$(cat "$T/.fail.out")"
+fi
+
+done_testing
