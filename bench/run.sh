@@ -538,6 +538,10 @@ fi
 if ! FERRY_BUILD=$FERRY_BUILD FERRY_BENCH_DIR=$BENCH_DIR sh "$HERE/images.sh" "$CORPUS/vm1.raw"; then
 	problem "image read benchmark failed"
 fi
+# The delta service against rsync, in the same run (bench/sync.sh).
+if ! FERRY_BUILD=$FERRY_BUILD FERRY_BENCH_DIR=$BENCH_DIR sh "$HERE/sync.sh"; then
+	problem "delta sync benchmark (bench/sync.sh) failed"
+fi
 if [ -s "$PROBLEMS" ]; then
 	echo
 	echo "PROBLEMS:"

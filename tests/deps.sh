@@ -6,7 +6,7 @@ set -e
 PKGS="build-essential pkg-config libsodium-dev libzstd-dev libsqlite3-dev
 libcryptsetup-dev libblkid-dev libjansson-dev zlib1g-dev libnbd-dev libssl-dev
 cryptsetup-bin e2fsprogs sqlite3 util-linux restic zstd time python3
-qemu-utils nbdkit libnbd-bin clang libclang-rt-14-dev"
+qemu-utils nbdkit libnbd-bin clang libclang-rt-14-dev rsync"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
