@@ -338,12 +338,36 @@ static int serve_allowed(void *opaque, const uint8_t pk[WIRE_PK_LEN])
 	return found;
 }
 
+/*
+ * Sends the reason, then closes gently: our side is shut for writing and
+ * what the peer still sends is read and dropped for a moment, so the close
+ * does not reset the connection (a reset can discard the ERROR before the
+ * peer has read it, leaving it only "the peer went away"). Each connection
+ * has its own thread, so the wait stalls no one else.
+ */
 static void serve_send_error(struct serve_conn *c, const char *msg)
 {
 	size_t len = strlen(msg);
+	uint64_t deadline;
+	uint8_t junk[65536];
+	int fd = wire_fd(c->w);
 
-	wire_send(c->w, WIRE_ERROR, (const uint8_t *)msg,
-		  len < WIRE_ERROR_MAX ? len : WIRE_ERROR_MAX, NULL);
+	if (wire_send(c->w, WIRE_ERROR, (const uint8_t *)msg,
+		      len < WIRE_ERROR_MAX ? len : WIRE_ERROR_MAX, NULL) < 0)
+		return;
+	shutdown(fd, SHUT_WR);
+	deadline = util_now_ns() + 2000000000ull;
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		uint64_t now = util_now_ns();
+		ssize_t n;
+
+		if (now >= deadline || poll(&p, 1, (int)((deadline - now) / 1000000) + 1) <= 0)
+			break;
+		n = read(fd, junk, sizeof(junk));
+		if (n <= 0 && !(n < 0 && (errno == EINTR || errno == EAGAIN)))
+			break;
+	}
 }
 
 /* Makes the batch durable and acknowledges it (invariant 1). */

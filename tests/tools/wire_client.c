@@ -207,8 +207,14 @@ int main(int argc, char **argv)
 		rec_set_prev(rec, link);
 		rec_digest(rec, (size_t)n, digest);
 		rec_link(link, digest, link);
-		if (wire_send(conn, WIRE_RECORD, rec, (size_t)n, &e) < 0)
+		if (wire_send(conn, WIRE_RECORD, rec, (size_t)n, &e) < 0) {
+			/* The server may have said why before it went away. */
+			struct err e2 = { 0, "" };
+
+			if (drain(conn, buf, cap, &acked, 1000, &e2) == -ECONNABORTED)
+				return fail("send", &e2);
 			return fail("send", &e);
+		}
 		while (wire_readable(conn))
 			if (drain(conn, buf, cap, &acked, 10000, &e) != 0)
 				return fail("ack", &e);
