@@ -50,6 +50,7 @@
 #include "../common/root.h"
 #include "../common/util.h"
 #include "../image/img.h"
+#include "../common/sqlx.h"
 #include "ingest.h"
 
 int ingest_apply(int argc, char **argv);
@@ -181,19 +182,12 @@ static const char apply_schema[] =
 
 static int db_err(struct apply_ctx *x, struct err *e)
 {
-	return err_set(e, -EIO, "%s/ingest.db: %s", x->dir, sqlite3_errmsg(x->db));
+	return sqlx_err(x->db, x->dir, "ingest.db", e);
 }
 
 static int db_exec(struct apply_ctx *x, const char *sql, struct err *e)
 {
-	char *msg = NULL;
-
-	if (sqlite3_exec(x->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-		err_set(e, -EIO, "%s/ingest.db: %s", x->dir, msg ? msg : sqlite3_errmsg(x->db));
-		sqlite3_free(msg);
-		return -EIO;
-	}
-	return 0;
+	return sqlx_exec(x->db, x->dir, "ingest.db", sql, e);
 }
 
 /* Finds STATE/UUID (the only drive ingested there, or --drive). */

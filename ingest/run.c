@@ -48,6 +48,7 @@
 #include "../common/keys.h"
 #include "../common/pool.h"
 #include "../common/root.h"
+#include "../common/sqlx.h"
 #include "../common/store.h"
 #include "../common/util.h"
 #include "../image/img.h"
@@ -279,31 +280,18 @@ static const char run_schema[] =
 
 static int db_exec(struct run_ctx *x, const char *sql, struct err *e)
 {
-	char *msg = NULL;
-
-	if (sqlite3_exec(x->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-		err_set(e, -EIO, "%s/ingest.db: %s", x->dir, msg ? msg : sqlite3_errmsg(x->db));
-		sqlite3_free(msg);
-		return -EIO;
-	}
-	return 0;
+	return sqlx_exec(x->db, x->dir, "ingest.db", sql, e);
 }
 
 static int db_prepare(struct run_ctx *x, const char *sql, sqlite3_stmt **st,
 		      struct err *e)
 {
-	if (sqlite3_prepare_v2(x->db, sql, -1, st, NULL) != SQLITE_OK)
-		return err_set(e, -EIO, "%s/ingest.db: %s", x->dir, sqlite3_errmsg(x->db));
-	return 0;
+	return sqlx_prepare(x->db, x->dir, "ingest.db", sql, st, e);
 }
 
 static int db_step_done(struct run_ctx *x, sqlite3_stmt *st, struct err *e)
 {
-	int rc = sqlite3_step(st) == SQLITE_DONE ? 0
-		 : err_set(e, -EIO, "%s/ingest.db: %s", x->dir, sqlite3_errmsg(x->db));
-
-	sqlite3_reset(st);
-	return rc;
+	return sqlx_step_done(x->db, x->dir, "ingest.db", st, e);
 }
 
 static int run_db_open(struct run_ctx *x, struct err *e)

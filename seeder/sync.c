@@ -62,6 +62,7 @@
 #include "../common/util.h"
 #include "../common/wire.h"
 #include "../image/img.h"
+#include "../common/sqlx.h"
 #include "seed.h"
 
 int seed_sync_main(int argc, char **argv);
@@ -290,36 +291,23 @@ static const char sync_schema[] =
 
 static int db_err(struct sync_ctx *x, struct err *e)
 {
-	return err_set(e, -EIO, "%s/sync.db: %s", x->dir, sqlite3_errmsg(x->db));
+	return sqlx_err(x->db, x->dir, "sync.db", e);
 }
 
 static int db_exec(struct sync_ctx *x, const char *sql, struct err *e)
 {
-	char *msg = NULL;
-
-	if (sqlite3_exec(x->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-		err_set(e, -EIO, "%s/sync.db: %s", x->dir, msg ? msg : sqlite3_errmsg(x->db));
-		sqlite3_free(msg);
-		return -EIO;
-	}
-	return 0;
+	return sqlx_exec(x->db, x->dir, "sync.db", sql, e);
 }
 
 static int db_prepare(struct sync_ctx *x, const char *sql, sqlite3_stmt **st,
 		      struct err *e)
 {
-	if (sqlite3_prepare_v2(x->db, sql, -1, st, NULL) != SQLITE_OK)
-		return db_err(x, e);
-	return 0;
+	return sqlx_prepare(x->db, x->dir, "sync.db", sql, st, e);
 }
 
 static int db_done(struct sync_ctx *x, sqlite3_stmt *st, struct err *e)
 {
-	int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_err(x, e);
-
-	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);
-	return rc;
+	return sqlx_step_done(x->db, x->dir, "sync.db", st, e);
 }
 
 /* Opens sync.db; on first use fills chunks from the seeded extents. */

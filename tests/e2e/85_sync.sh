@@ -11,26 +11,18 @@
 # trap.
 # shellcheck source=tests/e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/e2e/serve_lib.sh
+. "$FERRY_SRC/tests/e2e/serve_lib.sh"
 
 read -r -a KDF <<<"$fast_kdf"
 MiB=$((1 << 20))
 K=$T/key
 mkkey "$K"
 J=$T/journal
-SRV_PID=
 SYNC_PID=
 
 # Background programs run as "timeout N PROG": killing one means killing
 # PROG (the child of that timeout) as well as the timeout itself.
-kill_bg() { # kill_bg SIGNAL PID
-	local child
-	[ -n "$2" ] || return 0
-	child=$(pgrep -P "$2")
-	[ -n "$child" ] && kill "-$1" $child 2>/dev/null
-	kill "-$1" "$2" 2>/dev/null
-	wait "$2" 2>/dev/null
-}
-
 stop_all() {
 	kill_bg TERM "$SYNC_PID"
 	kill_bg TERM "$SRV_PID"
@@ -38,38 +30,6 @@ stop_all() {
 	SRV_PID=
 }
 trap 'stop_all; _lib_cleanup' EXIT
-
-eq() {
-	if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1" "got '$2', want '$3'"; fi
-}
-
-same() {
-	if cmp -s "$2" "$3"; then
-		ok "$1"
-	else
-		not_ok "$1" "$(cmp "$2" "$3" 2>&1 | head -n 1)"
-	fi
-}
-
-# start_server [PORT]: serve in the background (at most 300 s); sets PORT.
-start_server() {
-	: >"$T/serve.log"
-	timeout -s TERM 300 "$INGEST" serve --journal "$J" --listen "127.0.0.1:${1:-0}" \
-		--allow "$SENDER" 2>>"$T/serve.log" &
-	SRV_PID=$!
-	PORT=
-	for _ in $(seq 200); do
-		PORT=$(sed -n 's/.*listening: 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/serve.log")
-		[ -n "$PORT" ] && return 0
-		sleep 0.05
-	done
-	return 1
-}
-
-kill_server() {
-	kill_bg KILL "$SRV_PID"
-	SRV_PID=
-}
 
 sync_once() { # sync_once OUT [ARGS...]
 	local out=$1

@@ -10,6 +10,8 @@
 # mode: a file source, a server not exporting the bitmap.
 # shellcheck source=tests/e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/e2e/serve_lib.sh
+. "$FERRY_SRC/tests/e2e/serve_lib.sh"
 
 for p in qemu-img qemu-nbd qemu-io; do
 	if ! command -v "$p" >/dev/null 2>&1; then
@@ -26,17 +28,7 @@ mkkey "$K"
 J=$T/journal
 SOCK=$T/nbd.sock
 URI="nbd+unix:///?socket=$SOCK"
-SRV_PID=
 NBD_PID=
-
-kill_bg() { # kill_bg SIGNAL PID: PID runs "timeout N PROG"
-	local child
-	[ -n "$2" ] || return 0
-	child=$(pgrep -P "$2")
-	[ -n "$child" ] && kill "-$1" $child 2>/dev/null
-	kill "-$1" "$2" 2>/dev/null
-	wait "$2" 2>/dev/null
-}
 
 stop_nbd() {
 	kill_bg TERM "$NBD_PID"
@@ -64,10 +56,6 @@ start_nbd() {
 	return 1
 }
 
-eq() {
-	if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1" "got '$2', want '$3'"; fi
-}
-
 # json_pass FILE EXPR: EXPR on the last "pass" event of FILE (as p; d is
 # its first disk).
 json_pass() {
@@ -83,20 +71,6 @@ for line in open(sys.argv[1]):
         p = o
 d = p["disks"][0] if p else None
 print(eval(sys.argv[2]) if p else "no-pass-event")' "$1" "$2" 2>&1
-}
-
-start_server() {
-	: >"$T/serve.log"
-	timeout -s TERM 120 "$INGEST" serve --journal "$J" --listen "127.0.0.1:0" \
-		--allow "$SENDER" 2>>"$T/serve.log" &
-	SRV_PID=$!
-	PORT=
-	for _ in $(seq 200); do
-		PORT=$(sed -n 's/.*listening: 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/serve.log")
-		[ -n "$PORT" ] && return 0
-		sleep 0.05
-	done
-	return 1
 }
 
 sync_once() { # sync_once OUT [ARGS...]

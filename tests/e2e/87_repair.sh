@@ -5,24 +5,17 @@
 # sender on its next connection, the sender reads them from the source,
 # `ferry-ingest apply` writes them, and the target ends identical to the
 # source. Servers are bounded by timeout and stopped by the trap.
+# shellcheck source=tests/e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/e2e/serve_lib.sh
+. "$FERRY_SRC/tests/e2e/serve_lib.sh"
 
 read -r -a KDF <<<"$fast_kdf"
 MiB=$((1 << 20))
 K=$T/key
 mkkey "$K"
 J=$T/journal
-SRV_PID=
-stop_all() {
-	local child
-	[ -n "$SRV_PID" ] || return 0
-	child=$(pgrep -P "$SRV_PID")
-	[ -n "$child" ] && kill -TERM $child 2>/dev/null
-	kill -TERM "$SRV_PID" 2>/dev/null
-	wait "$SRV_PID" 2>/dev/null
-	SRV_PID=
-}
-trap 'stop_all; _lib_cleanup' EXIT
+trap 'stop_server; _lib_cleanup' EXIT
 
 src=$T/a.raw
 truncate -s 32M "$src"
@@ -55,16 +48,7 @@ EOF
 
 SENDER=$("$SEED" sync --state "$T/seed" --print-key)
 SKEY=$("$INGEST" serve --journal "$J" --print-key)
-: >"$T/serve.log"
-timeout -s TERM 120 "$INGEST" serve --journal "$J" --listen 127.0.0.1:0 \
-	--allow "$SENDER" 2>>"$T/serve.log" &
-SRV_PID=$!
-PORT=
-for _ in $(seq 200); do
-	PORT=$(sed -n 's/.*listening: 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/serve.log")
-	[ -n "$PORT" ] && break
-	sleep 0.05
-done
+start_server
 [ -n "$PORT" ] && ok "serve starts" || not_ok "serve starts" "$(cat "$T/serve.log")"
 
 "$INGEST" run "$D" --to "$T/out" --key-file "$K" --state "$T/ingest" --receipt "$T/r.json" \
@@ -101,5 +85,5 @@ else
 	not_ok "the target is identical to the source after the repair" \
 		"$(cmp "$src" "$T/out/a.raw" 2>&1 | head -n 1)"
 fi
-stop_all
+stop_server
 done_testing

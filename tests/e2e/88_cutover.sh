@@ -13,46 +13,16 @@
 # Servers are bounded by timeout, stopped by the trap.
 # shellcheck source=tests/e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/e2e/serve_lib.sh
+. "$FERRY_SRC/tests/e2e/serve_lib.sh"
 
 read -r -a KDF <<<"$fast_kdf"
 MiB=$((1 << 20))
 K=$T/key
 mkkey "$K"
 J=$T/journal
-SRV_PID=
 
-stop_server() {
-	local child
-	[ -n "$SRV_PID" ] || return 0
-	child=$(pgrep -P "$SRV_PID")
-	[ -n "$child" ] && kill -TERM "$child" 2>/dev/null
-	kill -TERM "$SRV_PID" 2>/dev/null
-	wait "$SRV_PID" 2>/dev/null
-	SRV_PID=
-}
 trap 'stop_server; _lib_cleanup' EXIT
-
-same() {
-	if cmp -s "$2" "$3"; then
-		ok "$1"
-	else
-		not_ok "$1" "$(cmp "$2" "$3" 2>&1 | head -n 1)"
-	fi
-}
-
-start_server() {
-	: >"$T/serve.log"
-	timeout -s TERM 120 "$INGEST" serve --journal "$J" --listen "127.0.0.1:0" \
-		--allow "$SENDER" 2>>"$T/serve.log" &
-	SRV_PID=$!
-	PORT=
-	for _ in $(seq 200); do
-		PORT=$(sed -n 's/.*listening: 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/serve.log")
-		[ -n "$PORT" ] && return 0
-		sleep 0.05
-	done
-	return 1
-}
 
 cutover() { # cutover ARGS...: stdin from /dev/null (no terminal)
 	timeout 60 "$SEED" sync --state "$T/seed" --to "127.0.0.1:$PORT" --server-key "$SKEY" \

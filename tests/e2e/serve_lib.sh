@@ -1,0 +1,58 @@
+# shellcheck shell=bash
+# serve_lib.sh: sourced (after lib.sh) by the delta-service tests. Gives
+# a receiver on loopback and the helpers to stop what a test started:
+#
+#   start_server [PORT]  ferry-ingest serve on 127.0.0.1 (a free port unless
+#                        given) for journal $J admitting $SENDER, at most
+#                        300 s; sets SRV_PID and PORT; log in $T/serve.log
+#   stop_server          SIGTERM to it; kill_server: SIGKILL
+#   kill_bg SIG PID      signals a "timeout N PROG" job and its PROG
+#   eq NAME GOT WANT     and  same NAME FILE1 FILE2  (cmp): TAP checks
+
+SRV_PID=
+
+kill_bg() {
+	local child
+	[ -n "$2" ] || return 0
+	child=$(pgrep -P "$2")
+	# shellcheck disable=SC2086 # one pid per word
+	[ -n "$child" ] && kill "-$1" $child 2>/dev/null
+	kill "-$1" "$2" 2>/dev/null
+	wait "$2" 2>/dev/null
+}
+
+start_server() {
+	: >"$T/serve.log"
+	timeout -s TERM 300 "$INGEST" serve --journal "$J" --listen "127.0.0.1:${1:-0}" \
+		--allow "$SENDER" 2>>"$T/serve.log" &
+	SRV_PID=$!
+	PORT=
+	for _ in $(seq 200); do
+		PORT=$(sed -n 's/.*listening: 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/serve.log")
+		[ -n "$PORT" ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+stop_server() {
+	kill_bg TERM "$SRV_PID"
+	SRV_PID=
+}
+
+kill_server() {
+	kill_bg KILL "$SRV_PID"
+	SRV_PID=
+}
+
+eq() {
+	if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1" "got '$2', want '$3'"; fi
+}
+
+same() {
+	if cmp -s "$2" "$3"; then
+		ok "$1"
+	else
+		not_ok "$1" "$(cmp "$2" "$3" 2>&1 | head -n 1)"
+	fi
+}
