@@ -1,6 +1,7 @@
 #!/bin/sh
 # ferry test runner (make check): every unit test binary in
-# $FERRY_BUILD/tests/, then every tests/e2e/*.sh script in sorted order.
+# $FERRY_BUILD/tests/, then every tests/e2e/*.sh script in sorted order (but lib.sh and *_lib.sh,
+# which the scripts source).
 # Each prints TAP; this counts ok / not ok / skip lines across all of them
 # and ends with exactly one line "N passed, N failed, N skipped".
 #
@@ -116,7 +117,7 @@ fi
 
 for t in "$FERRY_SRC"/tests/e2e/*.sh; do
 	[ -f "$t" ] || continue
-	case $t in */lib.sh) continue ;; esac
+	case $t in */lib.sh | */*_lib.sh) continue ;; esac
 	name=e2e/$(basename "$t" .sh)
 	wanted "$name" "$@" || continue
 	run_one "$name" bash "$t"
