@@ -35,6 +35,7 @@
  *     id and hashes are of exactly those bytes.
  */
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -52,6 +53,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/cbt.h"
 #include "../common/cli.h"
 #include "../common/codec.h"
 #include "../common/hotrec.h"
@@ -80,7 +82,9 @@ int seed_sync_main(int argc, char **argv);
 #define SYNC_MAX_DISKS 1024
 #define SYNC_MAX_SOURCES 64
 
-enum { SYNC_MODE_AUTO, SYNC_MODE_HASH, SYNC_MODE_BITMAP };
+#define SYNC_CBT_TIMEOUT 60                 /* seconds for --cbt-command */
+
+enum { SYNC_MODE_AUTO, SYNC_MODE_HASH, SYNC_MODE_BITMAP, SYNC_MODE_CBT };
 
 static volatile sig_atomic_t sync_stop;
 
@@ -103,6 +107,10 @@ struct sync_opts {
 	const char *drive;
 	struct sync_src src[SYNC_MAX_SOURCES];
 	size_t nsrc;
+	struct sync_src cbt_file[SYNC_MAX_SOURCES];   /* --cbt-file NAME=FILE */
+	size_t ncbt_file;
+	const char *cbt_cmd;      /* --cbt-command */
+	uint64_t cbt_timeout;     /* seconds */
 	uint64_t interval;        /* seconds, 0 with --once */
 	uint64_t rate;            /* --max-net-rate, 0: unlimited */
 	int mode;                 /* SYNC_MODE_* */
@@ -141,7 +149,7 @@ struct sync_disk {
 	uint64_t records;
 	uint64_t read_bytes;      /* bytes read to find the changes (the scan) */
 	uint64_t img_read0;       /* d->img->bytes_read when the pass started */
-	const char *mode;         /* "hash" or "bitmap": how this pass found changes */
+	const char *mode;         /* "hash", "bitmap" or "cbt": how this pass found changes */
 	double hot_rate;          /* changed bytes per second since the last pass */
 	uint64_t send_start_ns;
 	/* final (cutover) pass: the root of the source as this pass saw it */
@@ -245,14 +253,28 @@ static void sync_usage(FILE *f)
 		"  --print-key           print this sender's public key and exit (made on\n"
 		"                        first use, kept in DIR/sync.identity)\n"
 		"  --key-file F          the drive's key file (default: ask on the terminal)\n"
-		"  --mode auto|hash|bitmap\n"
+		"  --mode auto|hash|bitmap|cbt\n"
 		"                        how changes are found: hash re-reads the sources and\n"
 		"                        compares chunk ids and 4 KiB block hashes; bitmap\n"
 		"                        reads only the chunks the QEMU dirty bitmap recorded\n"
 		"                        at seed time ('ferry-seed write --bitmap') marks\n"
-		"                        dirty, over NBD, falling back to hash for a disk\n"
-		"                        without a usable bitmap; auto (the default) is bitmap\n"
-		"                        where recorded and usable, else hash (cbt: not built)\n"
+		"                        dirty, over NBD; cbt reads only the chunks a changed-\n"
+		"                        area list (since the CBT change id recorded with\n"
+		"                        'ferry-seed write --cbt') names; a disk without\n"
+		"                        usable tracking falls back to hash, said on stderr;\n"
+		"                        auto (the default): cbt where a change id was\n"
+		"                        recorded and a list is given, bitmap where recorded\n"
+		"                        and usable, else hash\n"
+		"  --cbt-file NAME=FILE  cbt: the changed-area list of disk NAME (text lines\n"
+		"                        'OFFSET LENGTH' or vSphere DiskChangeInfo JSON),\n"
+		"                        read at every pass; repeatable\n"
+		"  --cbt-command CMD     cbt: run CMD (/bin/sh -c) per disk without a\n"
+		"                        --cbt-file, at every pass; FERRY_DISK,\n"
+		"                        FERRY_CHANGE_ID, FERRY_DISK_SIZE and\n"
+		"                        FERRY_DISK_SOURCE in its environment; its stdout is\n"
+		"                        the list\n"
+		"  --cbt-timeout S       cbt: --cbt-command must finish within S seconds\n"
+		"                        (default 60)\n"
 		"  --once                one pass, then exit (the default)\n"
 		"  --interval S          a pass every S seconds until SIGINT/SIGTERM, which\n"
 		"                        stop after the records in flight are acknowledged\n"
@@ -1348,14 +1370,247 @@ static int scan_bitmap(struct sync_ctx *x, struct sync_disk *d, struct err *e)
 	return rc;
 }
 
+/* ---- cbt mode ----------------------------------------------------------- */
+
+/* The --cbt-file of a disk, or NULL. */
+static const char *cbt_file_of(const struct sync_opts *o, const struct sync_disk *d)
+{
+	size_t i;
+
+	for (i = 0; i < o->ncbt_file; i++)
+		if (!strcmp(o->cbt_file[i].name, d->md.name))
+			return o->cbt_file[i].source;
+	return NULL;
+}
+
+/*
+ * Runs --cbt-command for disk d through /bin/sh in a process group of its
+ * own, with the disk in its environment, and collects its stdout (at most
+ * CBT_MAX_INPUT bytes) into *out. A non-zero exit, a signal, too much
+ * output or the timeout (the group is killed) is an error.
+ */
+static int cbt_command(const struct sync_ctx *x, const struct sync_disk *d, uint8_t **out,
+		       size_t *outlen, struct err *e)
+{
+	extern char **environ;
+	char ev[4][PATH_MAX + 300];
+	char **envp = NULL;
+	char a0[] = "sh", a1[] = "-c";
+	char *argv[] = { a0, a1, (char *)(uintptr_t)x->o->cbt_cmd, NULL };
+	uint64_t deadline = util_now_ns() + x->o->cbt_timeout * 1000000000ull;
+	uint8_t *buf = NULL;
+	size_t n = 0, cap = 0, k, ne = 0;
+	int pfd[2] = { -1, -1 }, rc = 0, st, timed_out = 0;
+	pid_t pid = -1;
+
+	*out = NULL;
+	*outlen = 0;
+	snprintf(ev[0], sizeof(ev[0]), "FERRY_DISK=%s", d->md.name);
+	snprintf(ev[1], sizeof(ev[1]), "FERRY_CHANGE_ID=%s", d->md.track_epoch);
+	snprintf(ev[2], sizeof(ev[2]), "FERRY_DISK_SIZE=%llu", (unsigned long long)d->md.size);
+	snprintf(ev[3], sizeof(ev[3]), "FERRY_DISK_SOURCE=%s", d->source);
+	while (environ[ne])
+		ne++;
+	/* The environment is built before fork: the child only execs. */
+	envp = calloc(ne + 5, sizeof(*envp));
+	if (!envp)
+		return err_set(e, -ENOMEM, "out of memory");
+	for (k = 0; k < 4; k++)
+		envp[k] = ev[k];
+	for (k = 0; k < ne; k++)
+		if (strncmp(environ[k], "FERRY_DISK", 10) && strncmp(environ[k], "FERRY_CHANGE_ID=", 16))
+			envp[4 + n++] = environ[k];
+	n = 0;
+	if (pipe2(pfd, O_CLOEXEC) < 0) {
+		rc = err_set(e, -errno, "--cbt-command: pipe: %s", strerror(errno));
+		goto out;
+	}
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	if (pid < 0) {
+		rc = err_set(e, -errno, "--cbt-command: fork: %s", strerror(errno));
+		goto out;
+	}
+	if (pid == 0) {
+		setpgid(0, 0);
+		signal(SIGINT, SIG_DFL);
+		signal(SIGTERM, SIG_DFL);
+		signal(SIGPIPE, SIG_DFL);
+		if (dup2(pfd[1], STDOUT_FILENO) < 0)
+			_exit(127);
+		execve("/bin/sh", argv, envp);
+		_exit(127);
+	}
+	setpgid(pid, pid);
+	close(pfd[1]);
+	pfd[1] = -1;
+	for (;;) {
+		uint64_t now = util_now_ns();
+		struct pollfd p = { pfd[0], POLLIN, 0 };
+		ssize_t r;
+		int pr;
+
+		if (now >= deadline) {
+			timed_out = 1;
+			break;
+		}
+		pr = poll(&p, 1, (int)((deadline - now) / 1000000ull) + 1);
+		if (pr < 0 && errno == EINTR) {
+			if (sync_stop) {
+				rc = err_set(e, -EINTR, "interrupted");
+				break;
+			}
+			continue;
+		}
+		if (pr <= 0)
+			continue;
+		if (n == cap) {
+			size_t ncap = cap ? cap * 2 : 65536;
+			uint8_t *nb;
+
+			if (ncap > CBT_MAX_INPUT + 1ull)
+				ncap = CBT_MAX_INPUT + 1ull;
+			nb = realloc(buf, ncap);
+			if (!nb) {
+				rc = err_set(e, -ENOMEM, "out of memory");
+				break;
+			}
+			buf = nb;
+			cap = ncap;
+		}
+		r = read(pfd[0], buf + n, cap - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			rc = err_set(e, -errno, "--cbt-command: read: %s", strerror(errno));
+			break;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+		if (n > CBT_MAX_INPUT) {
+			rc = err_set(e, -E2BIG, "--cbt-command wrote more than %u bytes",
+				     CBT_MAX_INPUT);
+			break;
+		}
+	}
+	if (timed_out || rc < 0)
+		kill(-pid, SIGKILL);
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR) {
+			st = -1;
+			break;
+		}
+	if (rc < 0)
+		goto out;
+	if (timed_out) {
+		rc = err_set(e, -ETIMEDOUT, "--cbt-command did not finish within %llu s (killed)",
+			     (unsigned long long)x->o->cbt_timeout);
+	} else if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		rc = err_set(e, -EIO, "--cbt-command failed (%s %d)",
+			     st != -1 && WIFSIGNALED(st) ? "signal" : "exit",
+			     st == -1 ? -1 : WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+	}
+out:
+	if (pfd[0] >= 0)
+		close(pfd[0]);
+	if (pfd[1] >= 0)
+		close(pfd[1]);
+	free(envp);
+	if (rc < 0) {
+		free(buf);
+		return rc;
+	}
+	*out = buf;
+	*outlen = n;
+	return 0;
+}
+
+/*
+ * CBT mode for one disk: the changed areas since the change id recorded
+ * at seed time, from --cbt-file or --cbt-command, strictly checked
+ * (cbt.h). Like a bitmap, the list names everything written since the
+ * seed; chunk ids against the state keep what earlier passes sent from
+ * travelling again. Returns 1 when the disk has no usable list (said on
+ * stderr): hash mode then, never a pass on part of a list.
+ */
+static int scan_cbt(struct sync_ctx *x, struct sync_disk *d, struct err *e)
+{
+	struct sync_extents dirty = { 0 };
+	struct cbt_list l = { 0 };
+	struct err e2 = { 0 };
+	const char *file = cbt_file_of(x->o, d), *why = NULL;
+	char name[PATH_MAX + 32];
+	uint8_t *buf = NULL;
+	size_t len = 0, i;
+	int rc;
+
+	if (strcmp(d->md.track_kind, "cbt") != 0)
+		why = d->md.track_kind[0] ? "its change tracking is a QEMU bitmap, not CBT"
+					 : "no CBT change id was recorded at seed time"
+					   " ('ferry-seed write --cbt NAME=CHANGEID')";
+	else if (!file && !x->o->cbt_cmd)
+		why = "a CBT change id was recorded but no changed-area list was given"
+		      " (--cbt-file NAME=FILE or --cbt-command CMD)";
+	if (why) {
+		cli_error(SEED_PROG, "sync: disk %s: %s: hash mode for this disk", d->md.name, why);
+		return 1;
+	}
+	if (file) {
+		snprintf(name, sizeof(name), "%s", file);
+		rc = util_read_file(file, CBT_MAX_INPUT + 1ull, &buf, &len, NULL);
+		if (rc < 0)
+			err_set(&e2, rc, "--cbt-file %s: %s", file, strerror(-rc));
+	} else {
+		snprintf(name, sizeof(name), "the --cbt-command output");
+		rc = cbt_command(x, d, &buf, &len, &e2);
+		if (rc == -EINTR) {
+			err_set(e, rc, "interrupted");
+			return rc;
+		}
+	}
+	if (rc == 0)
+		rc = cbt_parse(buf, len, d->md.size, name, &l, &e2);
+	free(buf);
+	if (rc == 0) {
+		dirty.v = calloc(l.n ? l.n : 1, sizeof(*dirty.v));
+		if (!dirty.v)
+			rc = err_set(&e2, -ENOMEM, "out of memory");
+	}
+	if (rc < 0) {
+		cli_error(SEED_PROG, "sync: disk %s: %s: hash mode for this disk", d->md.name,
+			  e2.msg);
+		cbt_list_free(&l);
+		return 1;
+	}
+	for (i = 0; i < l.n; i++) {
+		dirty.v[i].off = l.v[i].off;
+		dirty.v[i].len = l.v[i].len;
+		dirty.v[i].kind = IMG_DATA;
+	}
+	dirty.n = dirty.cap = l.n;
+	cbt_list_free(&l);
+	rc = scan_disk(x, d, &dirty, e);
+	free(dirty.v);
+	return rc;
+}
+
 /* Finds the changed chunks of one disk by the mode asked for. */
 static int scan_any(struct sync_ctx *x, struct sync_disk *d, struct err *e)
 {
-	int rc = 1;
+	int rc = 1, cbt;
 
 	d->mode = "hash";
 	d->has_root = 0;
-	if (x->o->mode != SYNC_MODE_HASH) {
+	/* auto: cbt for disks with a recorded change id, bitmap otherwise */
+	cbt = x->o->mode == SYNC_MODE_CBT ||
+	      (x->o->mode == SYNC_MODE_AUTO && !strcmp(d->md.track_kind, "cbt"));
+	if (cbt) {
+		rc = scan_cbt(x, d, e);
+		if (rc == 0)
+			d->mode = "cbt";
+	} else if (x->o->mode != SYNC_MODE_HASH) {
 		rc = scan_bitmap(x, d, e);
 		if (rc == 0)
 			d->mode = "bitmap";
@@ -1986,6 +2241,15 @@ static int sync_disks(struct sync_ctx *x, struct err *e)
 			goto out;
 		}
 	}
+	for (j = 0; j < x->o->ncbt_file; j++) {
+		for (i = 0; i < n && strcmp(v[i].name, x->o->cbt_file[j].name); i++)
+			;
+		if (i == n) {
+			rc = err_set(e, -EINVAL, "--cbt-file %s: no disk of that name on the drive",
+				     x->o->cbt_file[j].name);
+			goto out;
+		}
+	}
 	x->disks = calloc(n, sizeof(*x->disks));
 	if (!x->disks) {
 		rc = err_set(e, -ENOMEM, "out of memory");
@@ -2208,7 +2472,7 @@ static int parse_opts(int argc, char **argv, struct sync_opts *o)
 {
 	enum { O_STATE = 256, O_TO, O_SKEY, O_KEYF, O_DRIVE, O_MODE, O_ONCE, O_INTERVAL,
 	       O_RATE, O_PRINT, O_SOURCE, O_JSON, O_HELP, O_CUTOVER, O_MAXDOWN, O_QUIESCE,
-	       O_RESUME, O_YES };
+	       O_RESUME, O_YES, O_CBT_FILE, O_CBT_CMD, O_CBT_TIMEOUT };
 	static const struct option opts[] = {
 		{ "state", required_argument, NULL, O_STATE },
 		{ "to", required_argument, NULL, O_TO },
@@ -2227,6 +2491,9 @@ static int parse_opts(int argc, char **argv, struct sync_opts *o)
 		{ "quiesce-cmd", required_argument, NULL, O_QUIESCE },
 		{ "resume-cmd", required_argument, NULL, O_RESUME },
 		{ "yes", no_argument, NULL, O_YES },
+		{ "cbt-file", required_argument, NULL, O_CBT_FILE },
+		{ "cbt-command", required_argument, NULL, O_CBT_CMD },
+		{ "cbt-timeout", required_argument, NULL, O_CBT_TIMEOUT },
 		{ "help", no_argument, NULL, O_HELP },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -2242,19 +2509,17 @@ static int parse_opts(int argc, char **argv, struct sync_opts *o)
 		case O_KEYF: o->key_file = optarg; break;
 		case O_DRIVE: o->drive = optarg; break;
 		case O_MODE:
-			if (!strcmp(optarg, "cbt")) {
-				cli_error(SEED_PROG, "sync: --mode %s: not supported yet (use hash"
-					  " or bitmap)", optarg);
-				return EXIT_USAGE;
-			}
-			if (!strcmp(optarg, "auto"))
+			if (!strcmp(optarg, "cbt"))
+				o->mode = SYNC_MODE_CBT;
+			else if (!strcmp(optarg, "auto"))
 				o->mode = SYNC_MODE_AUTO;
 			else if (!strcmp(optarg, "hash"))
 				o->mode = SYNC_MODE_HASH;
 			else if (!strcmp(optarg, "bitmap"))
 				o->mode = SYNC_MODE_BITMAP;
 			else {
-				cli_error(SEED_PROG, "sync: --mode %s: auto, hash or bitmap", optarg);
+				cli_error(SEED_PROG, "sync: --mode %s: auto, hash, bitmap or cbt",
+					  optarg);
 				return EXIT_USAGE;
 			}
 			break;
@@ -2296,6 +2561,24 @@ static int parse_opts(int argc, char **argv, struct sync_opts *o)
 		case O_QUIESCE: o->quiesce_cmd = optarg; break;
 		case O_RESUME: o->resume_cmd = optarg; break;
 		case O_YES: o->yes = 1; break;
+		case O_CBT_FILE:
+			eq = strchr(optarg, '=');
+			if (!eq || eq == optarg || !eq[1] || o->ncbt_file == SYNC_MAX_SOURCES) {
+				cli_error(SEED_PROG, "sync: --cbt-file %s: expected NAME=FILE", optarg);
+				return EXIT_USAGE;
+			}
+			*eq = '\0';
+			o->cbt_file[o->ncbt_file].name = optarg;
+			o->cbt_file[o->ncbt_file++].source = eq + 1;
+			break;
+		case O_CBT_CMD: o->cbt_cmd = optarg; break;
+		case O_CBT_TIMEOUT:
+			if (util_parse_u64(optarg, 1, 3600, &o->cbt_timeout) < 0) {
+				cli_error(SEED_PROG, "sync: --cbt-timeout %s: seconds from 1 to 3600",
+					  optarg);
+				return EXIT_USAGE;
+			}
+			break;
 		case 'h':
 		case O_HELP: sync_usage(stdout); return EXIT_OK;
 		case ':':
@@ -2326,6 +2609,18 @@ static int parse_opts(int argc, char **argv, struct sync_opts *o)
 	}
 	if (!o->max_downtime)
 		o->max_downtime = 30;
+	if ((o->ncbt_file || o->cbt_cmd || o->cbt_timeout) &&
+	    (o->mode == SYNC_MODE_HASH || o->mode == SYNC_MODE_BITMAP)) {
+		cli_error(SEED_PROG, "sync: --cbt-file, --cbt-command and --cbt-timeout need"
+			  " --mode cbt or auto");
+		return EXIT_USAGE;
+	}
+	if (o->cbt_timeout && !o->cbt_cmd) {
+		cli_error(SEED_PROG, "sync: --cbt-timeout needs --cbt-command");
+		return EXIT_USAGE;
+	}
+	if (!o->cbt_timeout)
+		o->cbt_timeout = SYNC_CBT_TIMEOUT;
 	if (!o->print_key && (!o->to || !o->server_key)) {
 		cli_error(SEED_PROG, "sync: needs --to HOST:PORT and --server-key KEY (try --help)");
 		return EXIT_USAGE;

@@ -55,6 +55,7 @@ struct disk_spec {
 	uint64_t allocated;
 	struct manifest_disk md;
 	int skip;                 /* already complete */
+	const char *cbt_id;       /* --cbt NAME=CHANGEID: the VMware CBT change id */
 	/* counters of this run */
 	uint64_t new_chunks, new_bytes, dedup_chunks, zero_chunks, read_bytes;
 };
@@ -162,6 +163,9 @@ static void usage(FILE *f)
 		"  --bitmap NAME         NBD sources only: the QEMU persistent dirty bitmap\n"
 		"                        (made before this seed) that 'ferry-seed sync\n"
 		"                        --mode bitmap' reads changes from; recorded per disk\n"
+		"  --cbt NAME=CHANGEID   the VMware CBT change id of disk NAME as its seed\n"
+		"                        read starts (repeatable): 'ferry-seed sync --mode\n"
+		"                        cbt' asks for the areas changed since it\n"
 		"  --key-file F          the drive's key file (default: ask on the terminal)\n"
 		"  --state DIR           host state folder (default: $FERRY_STATE_DIR/seed,\n"
 		"                        /var/lib/ferry/seed as root, ~/.local/state/ferry/seed)\n"
@@ -175,6 +179,23 @@ static void usage(FILE *f)
 		"                        the drive is full (then seal ships what is on it)\n"
 		"  --json                JSON lines on stdout: progress and a final summary\n"
 		"  -h, --help            this help\n");
+}
+
+/* --cbt NAME=CHANGEID: a name and a change id of 1-255 printable bytes. */
+static int cbt_arg_valid(const char *s)
+{
+	const char *eq = strchr(s, '=');
+	size_t n;
+
+	if (!eq || eq == s)
+		return 0;
+	n = strlen(eq + 1);
+	if (n == 0 || n >= sizeof(((struct manifest_disk *)0)->track_epoch))
+		return 0;
+	for (eq++; *eq; eq++)
+		if (*eq < 0x20 || *eq > 0x7e)
+			return 0;
+	return 1;
 }
 
 static int name_valid(const char *s)
@@ -1050,6 +1071,9 @@ static int attach_disks(struct writer *w, struct err *e)
 		if (w->bitmap) {
 			snprintf(ds->md.track_kind, sizeof(ds->md.track_kind), "bitmap");
 			snprintf(ds->md.track_epoch, sizeof(ds->md.track_epoch), "%s", w->bitmap);
+		} else if (ds->cbt_id) {
+			snprintf(ds->md.track_kind, sizeof(ds->md.track_kind), "cbt");
+			snprintf(ds->md.track_epoch, sizeof(ds->md.track_epoch), "%s", ds->cbt_id);
 		}
 		rc = manifest_disk_add(w->d->man, &ds->md, e);
 		if (rc == 0)
@@ -1072,6 +1096,7 @@ int seed_write_main(int argc, char **argv)
 		{ "fill", no_argument, NULL, 'F' },
 		{ "format", required_argument, NULL, 'f' },
 		{ "bitmap", required_argument, NULL, 'b' },
+		{ "cbt", required_argument, NULL, 'C' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -1083,7 +1108,8 @@ int seed_write_main(int argc, char **argv)
 	uint64_t v, rate = 0, need = 0, t0 = util_now_ns();
 	uint64_t level = 2, threads = 0;
 	int opt, rc = 0, status = EXIT_FAIL, fill = 0;
-	size_t i;
+	char *cbt[MAX_DISKS];
+	size_t i, j, ncbt = 0;
 	struct sigaction sa;
 
 	while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -1134,6 +1160,14 @@ int seed_write_main(int argc, char **argv)
 			}
 			w.bitmap = optarg;
 			break;
+		case 'C':
+			if (ncbt == MAX_DISKS || !cbt_arg_valid(optarg)) {
+				cli_error(SEED_PROG, "--cbt %s: expected NAME=CHANGEID, the change id"
+					  " 1-255 printable characters", optarg);
+				return EXIT_USAGE;
+			}
+			cbt[ncbt++] = optarg;
+			break;
 		case 'j': w.json = 1; break;
 		case 'h': usage(stdout); return EXIT_OK;
 		default: usage(stderr); return EXIT_USAGE;
@@ -1171,6 +1205,26 @@ int seed_write_main(int argc, char **argv)
 			status = EXIT_USAGE;
 			goto out;
 		}
+	}
+	if (ncbt && w.bitmap) {
+		cli_error(SEED_PROG, "--cbt and --bitmap exclude each other (--bitmap applies to"
+			  " every disk)");
+		status = EXIT_USAGE;
+		goto out;
+	}
+	for (j = 0; j < ncbt; j++) {
+		char *eq = strchr(cbt[j], '=');
+
+		*eq = '\0';
+		for (i = 0; i < w.ndisks && strcmp(w.disks[i].name, cbt[j]); i++)
+			;
+		if (i == w.ndisks || w.disks[i].cbt_id) {
+			cli_error(SEED_PROG, "--cbt %s: %s", cbt[j], i == w.ndisks ?
+				  "no disk of that name among NAME=SOURCE" : "given twice");
+			status = EXIT_USAGE;
+			goto out;
+		}
+		w.disks[i].cbt_id = eq + 1;
 	}
 	ratelimit_init(&w.rl, rate);
 	w.prog = progress_new("seed", w.json);

@@ -122,8 +122,8 @@ fi
 SKEY=$("$INGEST" serve --journal "$J" --print-key)
 expect_fail "--mode nonsense: usage" 2 'mode' \
 	"$SEED" sync --state "$T/seed" --to 127.0.0.1:1 --server-key "$SKEY" --mode nonsense
-expect_fail "--mode cbt: not supported yet (usage)" 2 'not supported yet' \
-	"$SEED" sync --state "$T/seed" --to 127.0.0.1:1 --server-key "$SKEY" --mode cbt
+expect_fail "--cbt-timeout without --cbt-command: usage" 2 'needs --cbt-command' \
+	"$SEED" sync --state "$T/seed" --to 127.0.0.1:1 --server-key "$SKEY" --cbt-timeout 5
 expect_fail "no --to: usage" 2 'needs --to' "$SEED" sync --state "$T/seed"
 
 start_server || not_ok "serve starts"

@@ -124,8 +124,9 @@ if cmp -s "$raw" "$tgt"; then ok "the target equals the source as seeded"; else
 
 SENDER=$("$SEED" sync --state "$T/seed" --print-key)
 SKEY=$("$INGEST" serve --journal "$J" --print-key)
-expect_fail "--mode cbt: still not supported (usage)" 2 'not supported yet' \
-	"$SEED" sync --state "$T/seed" --to 127.0.0.1:1 --server-key "$SKEY" --mode cbt
+expect_fail "--cbt-file with --mode bitmap: usage" 2 'need --mode cbt or auto' \
+	"$SEED" sync --state "$T/seed" --to 127.0.0.1:1 --server-key "$SKEY" --mode bitmap \
+	--cbt-file "n=$T/list"
 start_server || not_ok "serve starts"
 
 # --- writes through NBD, a bitmap pass ----------------------------------------
