@@ -184,6 +184,121 @@ else
 	not_ok "apply: identical again" "$(cat "$T/apply3.out")"
 fi
 
+# --- the question on a terminal (script(1) gives the sender a pty) ---------------
+# Answered with something other than yes: aborted, nothing final sent, the
+# generations already sent are ordinary ones and nothing is lost. Then
+# answered yes: the final generation.
+if command -v script >/dev/null 2>&1; then
+	# ask ANSWER OUT: the cutover on a pty, ANSWER typed on it.
+	ask() {
+		printf '%s\n' "$1" | timeout 60 script -qec "'$SEED' sync --state '$T/seed' \
+			--to 127.0.0.1:$PORT --server-key $SKEY --key-file '$K' --cutover \
+			--max-downtime 30" /dev/null >"$2" 2>&1
+	}
+	mutate "$src" 4 50
+	ask no "$T/ask1.out"
+	rc=$?
+	if [ "$rc" -eq 1 ] && grep -q 'type yes and Enter' "$T/ask1.out" &&
+		grep -q 'cutover: not confirmed: nothing final was sent' "$T/ask1.out"; then
+		ok "answered no on the terminal: exit 1, not confirmed, nothing final sent"
+	else
+		not_ok "answered no on the terminal" "exit $rc" "$(tr '\r' '\n' <"$T/ask1.out" | tail -n 5)"
+	fi
+	apply_once >"$T/apply-no.out" 2>&1
+	rc=$?
+	if [ "$rc" -eq 0 ] && grep -q 'applied' "$T/apply-no.out" &&
+		! grep -q 'cutover' "$T/apply-no.out"; then
+		ok "apply after no: the ordinary generation applied, no cutover line"
+	else
+		not_ok "apply after no" "exit $rc" "$(cat "$T/apply-no.out")"
+	fi
+	same "after no: nothing lost, the target equals the source" "$src" "$tgt"
+	mutate "$src" 5 50
+	ask yes "$T/ask2.out"
+	rc=$?
+	if [ "$rc" -eq 0 ] && grep -Eq '^cutover: final generation [0-9]+ sent; downtime [0-9.]+ s' \
+		"$T/ask2.out"; then
+		ok "answered yes on the terminal: the final generation sent"
+	else
+		not_ok "answered yes on the terminal" "exit $rc" "$(tr '\r' '\n' <"$T/ask2.out" | tail -n 5)"
+	fi
+	apply_once >"$T/apply-yes.out" 2>&1
+	if grep -q '^disk a: identical to source at cutover$' "$T/apply-yes.out"; then
+		ok "apply after yes: identical to source at cutover"
+	else
+		not_ok "apply after yes" "$(cat "$T/apply-yes.out")"
+	fi
+	same "after yes: the target equals the source" "$src" "$tgt"
+else
+	skip "the question on a terminal" "script (util-linux) is not installed"
+fi
+
+# --- interrupted cutovers resume on rerun -------------------------------------------
+# SIGINT while a converging pass sends (2 MiB of new data at 256 KiB/s):
+# exit 1, nothing final; the same command again finishes the job.
+head -c $((2 * MiB)) /dev/urandom | dd of="$src" bs=1M seek=8 conv=notrunc status=none
+timeout --preserve-status -s INT 2 "$SEED" sync --state "$T/seed" --to "127.0.0.1:$PORT" \
+	--server-key "$SKEY" --key-file "$K" --cutover --max-net-rate 256K --quiesce-cmd true \
+	--json </dev/null >"$T/int.json" 2>"$T/int.err"
+rc=$?
+diag "SIGINT came at: $(python3 -c '
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+pr = [e for e in ev if e.get("event") == "progress"]
+ps = [e for e in ev if e.get("event") == "pass"]
+print("%d progress lines, last sent %s; passes: %s" % (len(pr), pr[-1]["sent_bytes"] if pr else 0,
+      [(p["generation"], p["ok"]) for p in ps]))' "$T/int.json" 2>&1)"
+if [ "$rc" -eq 1 ] && grep -q 'interrupted' "$T/int.err" && ! grep -q '"final":true' "$T/int.json"; then
+	ok "SIGINT while converging: exit 1, interrupted, nothing final"
+else
+	not_ok "SIGINT while converging" "exit $rc" "$(tail -n 3 "$T/int.err")"
+fi
+if cutover --quiesce-cmd true >"$T/int2.out" 2>&1; then
+	ok "the cutover run again completes"
+else
+	not_ok "the cutover run again completes" "$(tail -n 5 "$T/int2.out")"
+fi
+apply_once >"$T/apply-int.out" 2>&1
+if grep -q '^disk a: identical to source at cutover$' "$T/apply-int.out"; then
+	ok "after SIGINT and rerun: identical to source at cutover"
+else
+	not_ok "after SIGINT and rerun: identical" "$(cat "$T/apply-int.out")"
+fi
+same "after SIGINT and rerun: the target equals the source" "$src" "$tgt"
+
+# SIGTERM during the final pass: the quiesce command's last writes (3 MiB)
+# travel at 512 KiB/s; the signal comes a second after the quiesce. The
+# resume command still runs (the source does not stay down), exit 1; the
+# same command again sends a complete final generation.
+rm -f "$T/q.done" "$T/resumed2"
+timeout 60 "$SEED" sync --state "$T/seed" --to "127.0.0.1:$PORT" --server-key "$SKEY" \
+	--key-file "$K" --cutover --max-net-rate 512K --resume-cmd "touch '$T/resumed2'" \
+	--quiesce-cmd "head -c $((3 * MiB)) /dev/urandom | dd of='$src' bs=1M seek=4 conv=notrunc status=none && touch '$T/q.done'" \
+	</dev/null >"$T/term.out" 2>"$T/term.err" &
+CPID=$!
+for _ in $(seq 200); do [ -e "$T/q.done" ] && break; sleep 0.1; done
+sleep 1
+kill_bg TERM "$CPID"
+diag "SIGTERM came at: $(grep -c . "$T/term.out") lines on stdout: $(grep '^disk a' "$T/term.out" | tail -n 1)"
+if grep -q 'cutover: final pass (generation [0-9]*): interrupted; --resume-cmd was run' "$T/term.err" &&
+	[ -e "$T/resumed2" ]; then
+	ok "SIGTERM in the final pass: says so, the resume command ran"
+else
+	not_ok "SIGTERM in the final pass" "$(tail -n 3 "$T/term.err")"
+fi
+if cutover --quiesce-cmd true >"$T/term2.out" 2>&1; then
+	ok "the cutover run again after SIGTERM completes"
+else
+	not_ok "the cutover run again after SIGTERM completes" "$(tail -n 5 "$T/term2.out")"
+fi
+apply_once >"$T/apply-term.out" 2>&1
+if grep -q '^disk a: identical to source at cutover$' "$T/apply-term.out"; then
+	ok "after SIGTERM and rerun: identical to source at cutover"
+else
+	not_ok "after SIGTERM and rerun: identical" "$(cat "$T/apply-term.out")"
+fi
+same "after SIGTERM and rerun: the target equals the source" "$src" "$tgt"
+
 # --- the roots do compare: a target damaged where the final pass does not
 # write is found different ---------------------------------------------------
 mutate "$src" 3 20
