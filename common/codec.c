@@ -185,9 +185,10 @@ static const unsigned char *codec_key(const struct codec *c,
 		return NULL;
 	if (h->flags & REC_F_META)
 		return c->keys->meta_key;
-	if (h->key_id != 0)
-		return NULL;    /* recipient-wrapped data keys: docs/FORMAT.md */
-	return c->keys->data_key;
+	/* Key id 0 is data_key; ids >= 1 are recipient-wrapped data keys
+	 * (docs/FORMAT.md), present only once unwrapped with the site key or
+	 * made by this process. */
+	return keys_data_key(c->keys, h->key_id);
 }
 
 static void codec_ad(const struct codec *c, const uint8_t hdr[REC_HDR_LEN],

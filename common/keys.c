@@ -285,6 +285,8 @@ int keys_derive(const unsigned char *volume_key, size_t len, struct keys **out,
 		rc = err_set(e, -EIO, "keys: subkey derivation failed");
 		goto out;
 	}
+	k->ring = NULL;
+	k->no_data_key = 0;
 	*out = k;
 	k = NULL;
 out:
@@ -293,9 +295,93 @@ out:
 	return rc;
 }
 
+/* The ring: ids in plain memory, keys in one sodium_malloc'd array. */
+struct keys_ring {
+	size_t n, cap;
+	uint32_t *ids;
+	unsigned char *keys;      /* cap * KEYS_KEY_LEN, sodium_malloc'd */
+};
+
+static void keys_ring_free(struct keys_ring *r)
+{
+	if (!r)
+		return;
+	sodium_free(r->keys);
+	free(r->ids);
+	free(r);
+}
+
 void keys_free(struct keys *k)
 {
+	if (k)
+		keys_ring_free(k->ring);
 	sodium_free(k);
+}
+
+const unsigned char *keys_data_key(const struct keys *k, uint32_t key_id)
+{
+	size_t i;
+
+	if (!k)
+		return NULL;
+	if (key_id == 0)
+		return k->no_data_key ? NULL : k->data_key;
+	for (i = 0; k->ring && i < k->ring->n; i++)
+		if (k->ring->ids[i] == key_id)
+			return k->ring->keys + i * KEYS_KEY_LEN;
+	return NULL;
+}
+
+int keys_ring_add(struct keys *k, uint32_t key_id,
+		  const unsigned char key[KEYS_KEY_LEN], struct err *e)
+{
+	struct keys_ring *r;
+	const unsigned char *have;
+
+	if (key_id == 0)
+		return err_set(e, -EINVAL, "keys: key id 0 is the drive's data key");
+	have = keys_data_key(k, key_id);
+	if (have)
+		return sodium_memcmp(have, key, KEYS_KEY_LEN) == 0 ? 0 :
+			err_set(e, -EEXIST, "keys: two different keys for key id %u", key_id);
+	if (!k->ring) {
+		k->ring = calloc(1, sizeof(*k->ring));
+		if (!k->ring)
+			return err_set(e, -ENOMEM, "keys: out of memory");
+	}
+	r = k->ring;
+	if (r->n == r->cap) {
+		size_t cap = r->cap ? r->cap * 2 : 8;
+		uint32_t *ids = realloc(r->ids, cap * sizeof(*ids));
+		unsigned char *keys;
+
+		if (!ids)
+			return err_set(e, -ENOMEM, "keys: out of memory");
+		r->ids = ids;
+		keys = sodium_allocarray(cap, KEYS_KEY_LEN);
+		if (!keys)
+			return err_set(e, -ENOMEM, "keys: out of secure memory");
+		if (r->n)
+			memcpy(keys, r->keys, r->n * KEYS_KEY_LEN);
+		sodium_free(r->keys);
+		r->keys = keys;
+		r->cap = cap;
+	}
+	r->ids[r->n] = key_id;
+	memcpy(r->keys + r->n * KEYS_KEY_LEN, key, KEYS_KEY_LEN);
+	r->n++;
+	return 0;
+}
+
+size_t keys_ring_count(const struct keys *k)
+{
+	return k && k->ring ? k->ring->n : 0;
+}
+
+void keys_drop_data_key(struct keys *k)
+{
+	sodium_memzero(k->data_key, KEYS_KEY_LEN);
+	k->no_data_key = 1;
 }
 
 void secret_free(struct secret *s)

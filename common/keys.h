@@ -37,6 +37,12 @@ struct keys {
 	unsigned char sb_key[KEYS_KEY_LEN];      /* MAC of superblocks */
 	unsigned char receipt_key[KEYS_KEY_LEN]; /* MAC of receipts */
 	unsigned char sign_seed[KEYS_KEY_LEN];   /* ed25519 seed of the drive's event log */
+	/* Recipient-wrapped data keys, key ids >= 1 (docs/FORMAT.md
+	 * "Recipient-wrapped data keys"): the ones this process holds. */
+	struct keys_ring *ring;
+	/* 1 once data_key is wiped: on a write-only drive key id 0 opens and
+	 * seals nothing, so no record can fall back to the passphrase's key. */
+	int no_data_key;
 };
 
 /* Public facts of a drive, readable without any secret. */
@@ -106,6 +112,21 @@ int keys_header_backup(const char *dev, const char *path, struct err *e);
 int keys_derive(const unsigned char *volume_key, size_t len, struct keys **out,
 		struct err *e);
 void keys_free(struct keys *k);
+
+/*
+ * The data key of a record's key id: data_key for id 0 (NULL once
+ * keys_drop_data_key ran), a ring key for ids >= 1 (NULL when this process
+ * does not hold it). Read-only: safe on several threads while nobody adds.
+ */
+const unsigned char *keys_data_key(const struct keys *k, uint32_t key_id);
+/* Adds (a copy of) key under key_id >= 1 to the ring; -EEXIST when the id
+ * holds another key (the same key again is accepted), -EINVAL for id 0. */
+int keys_ring_add(struct keys *k, uint32_t key_id,
+		  const unsigned char key[KEYS_KEY_LEN], struct err *e);
+/* Number of keys in the ring. */
+size_t keys_ring_count(const struct keys *k);
+/* Wipes data_key for good (write-only drives). */
+void keys_drop_data_key(struct keys *k);
 
 /*
  * Crypto-erase: destroys every keyslot, then overwrites both LUKS2 header
