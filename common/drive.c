@@ -325,6 +325,10 @@ int drive_open_keys(const char *dev, struct keys *keys, int mode,
 		err_prefix(e, "%s", dev);
 		goto fail;
 	}
+	/* A write-only drive never uses data_key (docs/FORMAT.md
+	 * "Recipient-wrapped data keys"): wipe it before anything can. */
+	if (keys && (store_sb(d->store)->flags & SB_F_WRITE_ONLY))
+		keys_drop_data_key(keys);
 	rc = codec_new(keys, d->info.uuid_bin, DRIVE_ZSTD_LEVEL, &d->codec, e);
 	if (rc < 0)
 		goto fail;

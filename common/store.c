@@ -85,6 +85,7 @@ static void sb_pack(const struct sb *sb, const struct keys *k, uint8_t out[SB_LE
 	le16_store(out + 154, sb->set_count);
 	le64_store(out + 160, sb->created);
 	le64_store(out + 168, sb->updated);
+	memcpy(out + 176, sb->recipient, 32);
 	crypto_generichash(out + SB_MAC_OFF, 32, out, SB_MAC_OFF, k->sb_key,
 			   KEYS_KEY_LEN);
 	crypto_generichash(out + SB_SUM_OFF, 32, out, SB_SUM_OFF, NULL, 0);
@@ -129,6 +130,11 @@ static int sb_parse(const uint8_t in[SB_LEN], const struct keys *k,
 	sb->set_count = le16_load(in + 154);
 	sb->created = le64_load(in + 160);
 	sb->updated = le64_load(in + 168);
+	memcpy(sb->recipient, in + 176, 32);
+	if (sb->flags & ~SB_F_KNOWN)
+		return err_set(e, -EBADMSG, "superblock flags 0x%x unknown", sb->flags);
+	if (((sb->flags & SB_F_WRITE_ONLY) == 0) != (sodium_is_zero(sb->recipient, 32) == 1))
+		return err_set(e, -EBADMSG, "superblock recipient key and write-only flag disagree");
 	if (sb->state < DRIVE_PREPARED || sb->state > DRIVE_INGESTED ||
 	    sb->log_start > sb->log_end || sb->log_end > sb->device_size ||
 	    sb->log_limit > sb->device_size || sb->log_start > sb->log_limit ||
@@ -234,8 +240,9 @@ static int sb_write(int fd, const struct drive_info *info, const struct sb *sb,
 	return 0;
 }
 
-int store_format(const char *dev, const struct drive_info *info,
-		 const struct keys *keys, struct err *e)
+static int store_format_sb(const char *dev, const struct drive_info *info,
+			   const struct keys *keys, const uint8_t *recipient,
+			   struct err *e)
 {
 	struct sb sb;
 	uint64_t size;
@@ -262,6 +269,10 @@ int store_format(const char *dev, const struct drive_info *info,
 	sb.log_limit = size - STORE_RESERVE;
 	sb.next_rec = 1;
 	sb.created = sb.updated = util_wall_s();
+	if (recipient) {
+		sb.flags = SB_F_WRITE_ONLY;
+		memcpy(sb.recipient, recipient, 32);
+	}
 	/* Both copies: seq 1 lands in slot 1, seq 2 in slot 0 (the newest). */
 	sb.seq = 1;
 	rc = sb_write(fd, info, &sb, keys, e);
@@ -272,6 +283,21 @@ int store_format(const char *dev, const struct drive_info *info,
 out:
 	close(fd);
 	return rc;
+}
+
+int store_format(const char *dev, const struct drive_info *info,
+		 const struct keys *keys, struct err *e)
+{
+	return store_format_sb(dev, info, keys, NULL, e);
+}
+
+int store_format_write_only(const char *dev, const struct drive_info *info,
+			    const struct keys *keys, const uint8_t recipient[32],
+			    struct err *e)
+{
+	if (sodium_is_zero(recipient, 32))
+		return err_set(e, -EINVAL, "store: no recipient key");
+	return store_format_sb(dev, info, keys, recipient, e);
 }
 
 #define TOMB_MAGIC "FERRYRIP"

@@ -26,6 +26,8 @@
 
 #define SB_LEN 4096
 #define SB_VERSION 1
+#define SB_F_WRITE_ONLY 0x1u     /* superblock flags: docs/FORMAT.md */
+#define SB_F_KNOWN SB_F_WRITE_ONLY
 #define STORE_SB0_OFF 0              /* relative to the data offset */
 #define STORE_SB1_OFF 4096
 #define STORE_LOG_OFF (1u << 20)      /* log start, relative to data offset */
@@ -59,6 +61,9 @@ struct sb {
 	uint16_t set_count;
 	uint64_t created;         /* unix seconds */
 	uint64_t updated;
+	/* SB_F_WRITE_ONLY: data keys are wrapped for recipient (X25519 public
+	 * key), docs/FORMAT.md "Recipient-wrapped data keys". */
+	uint8_t recipient[32];
 	int mac_ok;               /* 1 verified with sb_key, 0 not checked, -1 bad */
 };
 
@@ -83,6 +88,11 @@ void store_close(struct store *s);
 /* Writes both superblocks of a fresh drive (state PREPARED, empty log). */
 int store_format(const char *dev, const struct drive_info *info,
 		 const struct keys *keys, struct err *e);
+/* The same for a write-only drive: flags SB_F_WRITE_ONLY and the recipient
+ * public key (32 bytes) under the superblock MAC, kept by every commit. */
+int store_format_write_only(const char *dev, const struct drive_info *info,
+			    const struct keys *keys, const uint8_t recipient[32],
+			    struct err *e);
 
 const struct sb *store_sb(const struct store *s);
 int store_fd(const struct store *s);
