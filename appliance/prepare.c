@@ -29,6 +29,7 @@
 #include <blkid.h>
 
 #include "../common/keys.h"
+#include "../common/keywrap.h"
 #include "../common/store.h"
 #include "../common/util.h"
 #include "appliance.h"
@@ -41,6 +42,8 @@ struct prepare_opts {
 	const char *label;
 	const char *key_file;
 	const char *recovery_out;
+	const char *recipient;    /* --recipient: write-only drive */
+	uint8_t recipient_pk[KEYWRAP_PK_LEN];
 	int force;
 	int json;
 	int have_size;
@@ -87,6 +90,9 @@ static void prepare_help(void)
 	       "                         low KDF values (e.g. --kdf-memory 64K) "
 	       "are for tests only:\n"
 	       "                         they make the passphrase cheap to guess\n"
+	       "  --recipient PUBKEY     write-only drive: every data key is sealed for this\n"
+	       "                         site public key (ferry-ingest keygen), so the\n"
+	       "                         passphrase alone cannot read back what is written\n"
 	       "  --json                 print the result as one JSON object\n"
 	       "  --help                 this text\n",
 	       KEYS_KDF_MEMORY_KIB_DEFAULT / 1024, KEYS_KDF_ITERATIONS_DEFAULT,
@@ -98,7 +104,7 @@ static int prepare_parse(int argc, char **argv, struct prepare_opts *o)
 	enum {
 		OPT_LABEL = 256, OPT_KEY_FILE, OPT_RECOVERY, OPT_FORCE,
 		OPT_SIZE, OPT_KDF_MEM, OPT_KDF_ITER, OPT_KDF_PAR, OPT_JSON,
-		OPT_HELP,
+		OPT_HELP, OPT_RECIPIENT,
 	};
 	static const struct option longopts[] = {
 		{ "label", required_argument, NULL, OPT_LABEL },
@@ -111,6 +117,7 @@ static int prepare_parse(int argc, char **argv, struct prepare_opts *o)
 		{ "kdf-parallel", required_argument, NULL, OPT_KDF_PAR },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, OPT_HELP },
+		{ "recipient", required_argument, NULL, OPT_RECIPIENT },
 		{ NULL, 0, NULL, 0 },
 	};
 	uint64_t v;
@@ -168,6 +175,9 @@ static int prepare_parse(int argc, char **argv, struct prepare_opts *o)
 			break;
 		case OPT_JSON:
 			o->json = 1;
+			break;
+		case OPT_RECIPIENT:
+			o->recipient = optarg;
 			break;
 		case OPT_HELP:
 			prepare_help();
@@ -524,6 +534,22 @@ static int prepare_save_recovery(const char *path, const struct secret *rk,
 	return 0;
 }
 
+/* Write-only drives: the recipient, in the text report or root (JSON). */
+static void prepare_report_recipient(const struct prepare_opts *o, json_t *root)
+{
+	char hex[KEYWRAP_PK_TEXT_LEN + 1];
+
+	if (o->recipient)
+		util_hex(o->recipient_pk, KEYWRAP_PK_LEN, hex);
+	if (root) {
+		json_object_set_new(root, "write_only", json_boolean(o->recipient != NULL));
+		json_object_set_new(root, "recipient",
+				    o->recipient ? json_string(hex) : json_null());
+	} else if (o->recipient) {
+		printf("  write-only data keys sealed for recipient %s\n", hex);
+	}
+}
+
 static int prepare_report(const struct prepare_opts *o,
 			  const struct drive_info *info, int wiped)
 {
@@ -551,6 +577,7 @@ static int prepare_report(const struct prepare_opts *o,
 				 (json_int_t)o->cost.iterations, "parallel",
 				 (json_int_t)o->cost.parallel, "keyslots", slots,
 				 "signatures_wiped", wiped);
+		prepare_report_recipient(o, root);
 		return appliance_json_print(root);
 	}
 	printf("%s: prepared a ferry drive\n", o->dev);
@@ -573,6 +600,7 @@ static int prepare_report(const struct prepare_opts *o,
 		printf("  wiped      %d old signature%s (--force)\n", wiped,
 		       wiped == 1 ? "" : "s");
 	printf("  state      %s\n", store_state_name(DRIVE_PREPARED));
+	prepare_report_recipient(o, NULL);
 	return APPLIANCE_EXIT_OK;
 }
 
@@ -590,6 +618,14 @@ int appliance_prepare(int argc, char **argv)
 	rc = prepare_parse(argc, argv, &o);
 	if (rc != 0)
 		return rc < 0 ? APPLIANCE_EXIT_OK : rc;
+	/* Checked before the device is touched: a bad key leaves it as it was. */
+	if (o.recipient) {
+		rc = keywrap_recipient_parse(o.recipient, o.recipient_pk, &e);
+		if (rc < 0) {
+			err_prefix(&e, "--recipient %.80s", o.recipient);
+			goto out;
+		}
+	}
 
 	if (o.recovery_out && lstat(o.recovery_out, &st) == 0) {
 		rc = err_set(&e, -EEXIST, "recovery key file %s already exists; "
@@ -653,7 +689,8 @@ int appliance_prepare(int argc, char **argv)
 	rc = keys_prepare(o.dev, o.label, pass, rk, &o.cost, &info, &keys, &e);
 	if (rc < 0)
 		goto out;
-	rc = store_format(o.dev, &info, keys, &e);
+	rc = o.recipient ? store_format_write_only(o.dev, &info, keys, o.recipient_pk, &e) :
+		store_format(o.dev, &info, keys, &e);
 	if (rc < 0)
 		goto out;
 	rc = 0;

@@ -151,6 +151,15 @@ static int status_print_json(const struct status_opts *o,
 			 "created", created, "updated", updated, "keyslots",
 			 info->keyslots, "verified", opened, "disks",
 			 opened ? status_json_disks(disks, n) : json_null());
+	if (root) {
+		char hex[65];
+
+		util_hex(sb->recipient, sizeof(sb->recipient), hex);
+		json_object_set_new(root, "write_only",
+				    json_boolean(sb->flags & SB_F_WRITE_ONLY));
+		json_object_set_new(root, "recipient", (sb->flags & SB_F_WRITE_ONLY) ?
+				    json_string(hex) : json_null());
+	}
 	return appliance_json_print(root);
 }
 
@@ -181,6 +190,10 @@ static void status_print_text(const struct status_opts *o,
 	printf("  created     %s\n", util_fmt_time(sb->created, a, sizeof(a)));
 	printf("  updated     %s\n", util_fmt_time(sb->updated, a, sizeof(a)));
 	printf("  keyslots    %d\n", info->keyslots);
+	if (sb->flags & SB_F_WRITE_ONLY) {
+		util_hex(sb->recipient, sizeof(sb->recipient), root);
+		printf("  write-only  data keys sealed for recipient %s\n", root);
+	}
 	if (!opened) {
 		printf("  superblock  checksum ok (use --key-file to verify its "
 		       "MAC and list disks)\n");

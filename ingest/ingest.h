@@ -35,6 +35,7 @@ int ingest_run(int argc, char **argv);
 int ingest_manifest(int argc, char **argv);
 int ingest_serve(int argc, char **argv);
 int ingest_apply(int argc, char **argv);
+int ingest_keygen(int argc, char **argv);
 
 /* Prints "ferry-ingest: CMD: <message> (see 'ferry-ingest CMD --help')";
  * returns INGEST_EXIT_USAGE. */
@@ -44,6 +45,9 @@ int ingest_usage_error(const char *cmd, const char *fmt, ...)
 int ingest_getopt_error(const char *cmd, int c, char **argv);
 /* Prints "ferry-ingest: <message>" (e's, or a generic one); returns 1. */
 int ingest_fail(const struct err *e);
+
+/* check_id of ingest_chunk_load*: the record's header only. */
+#define INGEST_CHECK_HEADER (-1)
 
 /* A record and its plaintext, both large enough for any record. */
 struct ingest_bufs {
@@ -83,6 +87,8 @@ int ingest_log_check(struct drive *d, struct ingest_bufs *b,
  * Reads the chunk record c names into b->rec, checks that it is the record
  * the manifest says (type, sequence number, id, lengths), authenticates and
  * decompresses it into b->plain and, with check_id, recomputes its keyed id.
+ * check_id INGEST_CHECK_HEADER stops after the header checks (write-only
+ * drive without its site key: the tag cannot be checked) and returns 0.
  * Returns the plaintext length or -errno (-EBADMSG for any mismatch).
  * Nothing in b->plain may be used after a failure.
  */

@@ -29,6 +29,8 @@ static const struct ingest_cmd ingest_cmds[] = {
 	  "apply a delta journal's hot data onto the targets" },
 	{ "serve", ingest_serve,
 	  "receive hot data from senders into a journal (delta service)" },
+	{ "keygen", ingest_keygen,
+	  "make a site key pair for write-only drives; prints the public key" },
 };
 
 static void ingest_help(FILE *f)
