@@ -324,6 +324,10 @@ ssize_t ingest_chunk_load_with(struct drive *d, struct codec *codec,
 		return err_set(e, -EBADMSG,
 			       "record at %llu: lengths differ from the manifest's",
 			       (unsigned long long)c->off);
+	if (check_id == INGEST_CHECK_HEADER)
+		return h.key_id != 0 ? 0 :
+			err_set(e, -EBADMSG, "chunk at %llu: sealed with key id 0 on a"
+				" write-only drive", (unsigned long long)c->off);
 	n = codec_open(codec, &h, rec + REC_HDR_LEN, plain, plain_cap, e);
 	if (n < 0)
 		return err_prefix(e, "chunk at %llu", (unsigned long long)c->off);

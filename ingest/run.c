@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "../common/cli.h"
+#include "../common/keywrap.h"
 #include "../common/fault.h"
 #include "../common/journal.h"
 #include "../common/keys.h"
@@ -73,6 +74,7 @@ struct run_opts {
 	const char *key_file;
 	const char *state;
 	const char *receipt;
+	const char *site_key;    /* --site-key: write-only drives */
 	const char *format;      /* raw, qcow2 or vmdk */
 	const char *journal;     /* --journal: file repairs for damaged ranges */
 	const char *subformat;   /* for vmdk */
@@ -163,6 +165,8 @@ static void run_help(void)
 	       "                 become repair requests the sender answers from "
 	       "the source,\n"
 	       "                 applied by ferry-ingest apply\n"
+	       "  --site-key F   the site key (ferry-ingest keygen) of a write-only drive;\n"
+	       "                 required for such a drive, refused for any other\n"
 	       "  --force        overwrite existing target files and start over\n"
 	       "  --json         JSON lines on stdout: progress, then one summary "
 	       "object\n"
@@ -172,7 +176,8 @@ static void run_help(void)
 static int run_parse(int argc, char **argv, struct run_opts *o)
 {
 	enum { OPT_TO = 256, OPT_KEY_FILE, OPT_STATE, OPT_RECEIPT, OPT_FORMAT,
-	       OPT_SUBFORMAT, OPT_TARGET, OPT_JOURNAL, OPT_FORCE, OPT_JSON, OPT_HELP };
+	       OPT_SUBFORMAT, OPT_TARGET, OPT_JOURNAL, OPT_FORCE, OPT_JSON, OPT_HELP,
+	       OPT_SITE_KEY };
 	static const struct option longopts[] = {
 		{ "to", required_argument, NULL, OPT_TO },
 		{ "key-file", required_argument, NULL, OPT_KEY_FILE },
@@ -185,6 +190,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
 		{ "force", no_argument, NULL, OPT_FORCE },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, OPT_HELP },
+		{ "site-key", required_argument, NULL, OPT_SITE_KEY },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
@@ -238,6 +244,9 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
 		}
 		case OPT_JOURNAL:
 			o->journal = optarg;
+			break;
+		case OPT_SITE_KEY:
+			o->site_key = optarg;
 			break;
 		case OPT_FORCE:
 			o->force = 1;
@@ -1324,6 +1333,10 @@ static int run_prepare(struct run_ctx *x, char *mpath, size_t mlen, struct err *
 	/* The UUID (public, no key needed) names the state subfolder, which
 	 * holds the manifest cache drive_open reuses across runs. */
 	rc = keys_probe(x->o->dev, &info, e);
+	/* Before anything is written, state included: a write-only drive
+	 * without its site key, or with another, is refused here. */
+	if (rc == 0)
+		rc = keywrap_check_site_key(x->o->dev, &info, x->o->site_key, e);
 	if (rc == 0)
 		rc = cli_state_dir(x->o->state, "ingest", base, sizeof(base), e);
 	if (rc < 0)
@@ -1335,6 +1348,8 @@ static int run_prepare(struct run_ctx *x, char *mpath, size_t mlen, struct err *
 		rc = run_lock(x, e);
 	if (rc == 0)
 		rc = drive_open(x->o->dev, x->o->key_file, DRIVE_RDONLY, mpath, &x->d, e);
+	if (rc == 0)
+		rc = keywrap_drive_unlock(x->d, x->o->site_key, e);
 	if (rc < 0)
 		return rc;
 	sb = store_sb(x->d->store);

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "../common/cli.h"
+#include "../common/keywrap.h"
 #include "../common/root.h"
 #include "../common/store.h"
 #include "../common/util.h"
@@ -37,6 +38,8 @@ struct verify_opts {
 	const char *dev;
 	const char *key_file;
 	const char *receipt;
+	const char *site_key;     /* write-only drives */
+	int headers_only;         /* write-only drive without --site-key */
 	int deep;
 	int keyless;
 	int json;
@@ -77,6 +80,11 @@ static void verify_help(void)
 	       "match it\n"
 	       "  --deep         also recompute every chunk's id from its "
 	       "plaintext\n"
+	       "  --site-key F   a write-only drive's site key (ferry-ingest keygen): "
+	       "needed by\n"
+	       "                 --deep; without it chunks of such a drive are checked by "
+	       "header\n"
+	       "                 and chain only (their tags need the site key)\n"
 	       "  --keyless      without any key: check every record's bytes "
 	       "against the chain\n"
 	       "                 of digests the receipt's log digest roots "
@@ -89,7 +97,8 @@ static void verify_help(void)
 
 static int verify_parse(int argc, char **argv, struct verify_opts *o)
 {
-	enum { OPT_KEY_FILE = 256, OPT_RECEIPT, OPT_DEEP, OPT_KEYLESS, OPT_JSON, OPT_HELP };
+	enum { OPT_KEY_FILE = 256, OPT_RECEIPT, OPT_DEEP, OPT_KEYLESS, OPT_JSON, OPT_HELP,
+	       OPT_SITE_KEY };
 	static const struct option longopts[] = {
 		{ "key-file", required_argument, NULL, OPT_KEY_FILE },
 		{ "receipt", required_argument, NULL, OPT_RECEIPT },
@@ -97,6 +106,7 @@ static int verify_parse(int argc, char **argv, struct verify_opts *o)
 		{ "keyless", no_argument, NULL, OPT_KEYLESS },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, OPT_HELP },
+		{ "site-key", required_argument, NULL, OPT_SITE_KEY },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
@@ -117,6 +127,9 @@ static int verify_parse(int argc, char **argv, struct verify_opts *o)
 		case OPT_KEYLESS:
 			o->keyless = 1;
 			break;
+		case OPT_SITE_KEY:
+			o->site_key = optarg;
+			break;
 		case OPT_JSON:
 			o->json = 1;
 			break;
@@ -132,8 +145,9 @@ static int verify_parse(int argc, char **argv, struct verify_opts *o)
 	if (optind + 1 < argc)
 		return -ingest_usage_error(VERIFY_CMD, "unexpected argument '%s'",
 					   argv[optind + 1]);
-	if (o->keyless && (o->deep || o->key_file))
-		return -ingest_usage_error(VERIFY_CMD, "--keyless takes no --deep or --key-file");
+	if (o->keyless && (o->deep || o->key_file || o->site_key))
+		return -ingest_usage_error(VERIFY_CMD,
+					   "--keyless takes no --deep, --key-file or --site-key");
 	if (o->keyless && !o->receipt)
 		return -ingest_usage_error(VERIFY_CMD, "--keyless needs --receipt");
 	o->dev = argv[optind];
@@ -276,7 +290,8 @@ static int verify_chunks(struct verify_result *v, const struct verify_opts *o,
 	sqlite3_finalize(st);
 	st = NULL;
 	/* Records are checked on every core, batch by batch in log order. */
-	rc = ingest_decoder_new(v->d, o->deep, &dec, e);
+	rc = ingest_decoder_new(v->d, o->headers_only ? INGEST_CHECK_HEADER : o->deep,
+				&dec, e);
 	if (rc < 0)
 		goto out;
 	if (sqlite3_prepare_v2(db, "SELECT id, off, seq, rec_len, plain_len"
@@ -446,6 +461,7 @@ static void verify_print(const struct verify_result *v, const struct verify_opts
 	printf("%s\n", v->log_ok ? "log: chain intact" : v->log_err);
 	printf("chunks: %llu checked (%s), %llu damaged\n",
 	       (unsigned long long)v->chunks,
+	       o->headers_only ? "headers and chain only: write-only drive, no --site-key" :
 	       o->deep ? "authenticated, ids recomputed" : "authenticated",
 	       (unsigned long long)v->bad_chunks);
 	for (i = 0; i < v->ndisks; i++) {
@@ -518,6 +534,11 @@ int ingest_verify(int argc, char **argv)
 	memset(&v, 0, sizeof(v));
 	err_clear(&e);
 	rc = drive_open(o.dev, o.key_file, DRIVE_RDONLY, NULL, &v.d, &e);
+	/* A write-only drive's chunks open only with the site key: --deep
+	 * needs it, plain verify checks what it can without. */
+	o.headers_only = rc == 0 && keywrap_drive_write_only(v.d) && !o.site_key && !o.deep;
+	if (rc == 0 && !o.headers_only)
+		rc = keywrap_drive_unlock(v.d, o.site_key, &e);
 	if (rc == 0 && o.receipt)
 		rc = ingest_receipt_load(v.d, o.receipt, &r, &e);
 	if (rc == 0)

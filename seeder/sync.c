@@ -58,6 +58,7 @@
 #include "../common/codec.h"
 #include "../common/hotrec.h"
 #include "../common/keys.h"
+#include "../common/keywrap.h"
 #include "../common/manifest.h"
 #include "../common/pool.h"
 #include "../common/root.h"
@@ -2228,6 +2229,17 @@ static int sync_disks(struct sync_ctx *x, struct err *e)
 		rc = manifest_disks(m, &v, &n, e);
 	if (rc < 0)
 		goto out;
+	/* Hot records are sealed with data_key, which a write-only drive
+	 * never uses (docs/FORMAT.md): refuse rather than send them so. */
+	{
+		char pk[2 * KEYWRAP_PK_LEN + 1];
+
+		if (manifest_meta_get(m, KEYWRAP_META_RECIPIENT, pk, sizeof(pk), NULL) == 0) {
+			rc = err_set(e, -ENOTSUP, "%s: the drive is write-only; sync sends hot"
+				     " data only for drives that are not", x->dir);
+			goto out;
+		}
+	}
 	if (n == 0 || n > SYNC_MAX_DISKS) {
 		rc = err_set(e, -EINVAL, "%s: %zu disks", path, n);
 		goto out;

@@ -30,6 +30,7 @@
 #include "../common/cli.h"
 #include "../common/drive.h"
 #include "../common/fault.h"
+#include "../common/keywrap.h"
 #include "../common/pool.h"
 #include "../common/root.h"
 #include "../common/util.h"
@@ -132,6 +133,8 @@ struct writer {
 	const char *format;       /* --format: the sources' format, NULL: by content */
 	const char *bitmap;       /* --bitmap: the QEMU dirty bitmap of NBD sources */
 	int full;                 /* ran out of space */
+	uint32_t key_id;          /* data key of this run: 0, or a wrapped key
+				   * of a write-only drive (common/keywrap.h) */
 	int no_append;            /* recovering: record only chunks on the drive */
 };
 
@@ -374,6 +377,7 @@ static void batch_encode(void *opaque, size_t i, unsigned thread)
 		return;
 	memset(&h, 0, sizeof(h));
 	h.type = REC_CHUNK;
+	h.key_id = w->key_id;
 	h.seq = sl->seq;
 	memcpy(h.id, sl->id, REC_ID_LEN);
 	blen = codec_compress(w->codecs[thread], sl->plain, sl->len,
@@ -1257,6 +1261,10 @@ int seed_write_main(int argc, char **argv)
 	rc = codec_new(w.d->keys, w.d->info.uuid_bin, (int)level, &w.d->codec, &e);
 	if (rc == 0)
 		rc = manifest_begin(w.d->man, &e);
+	/* Write-only drive: a fresh data key for this run, wrapped on the
+	 * drive before its first chunk (a resume gets a new one). */
+	if (rc == 0)
+		rc = keywrap_drive_session(w.d, &w.key_id, &e);
 	if (rc == 0)
 		rc = attach_disks(&w, &e);
 	if (rc == 0)
