@@ -52,8 +52,10 @@ int hotrec_id_parse(const uint8_t in[REC_ID_LEN], struct hotrec_id *h,
 				       (unsigned long long)v.off, v.len);
 		break;
 	case HOTREC_END:
+	case HOTREC_KEYWRAP:
 		if (v.disk || v.off || v.len)
-			return err_set(e, -EBADMSG, "hot record: generation end with a range");
+			return err_set(e, -EBADMSG, "hot record: %s with a range",
+				       v.kind == HOTREC_END ? "generation end" : "key wrap");
 		break;
 	default:
 		return err_set(e, -EBADMSG, "hot record: unknown kind %u", v.kind);
@@ -65,12 +67,17 @@ int hotrec_id_parse(const uint8_t in[REC_ID_LEN], struct hotrec_id *h,
 int hotrec_check_hdr(const struct rec_hdr *hdr, const struct hotrec_id *h,
 		     struct err *e)
 {
-	if (hdr->type != REC_HOT)
+	if (h->kind == HOTREC_KEYWRAP) {
+		if (hdr->type != REC_KEYWRAP || !(hdr->flags & REC_F_META) || hdr->key_id == 0)
+			return err_set(e, -EBADMSG, "record %llu: a key wrap that is not a"
+				       " meta key wrap record", (unsigned long long)hdr->seq);
+	} else if (hdr->type != REC_HOT) {
 		return err_set(e, -EBADMSG, "record %llu: type %u, not a hot record",
 			       (unsigned long long)hdr->seq, hdr->type);
-	if (hdr->key_id != 0 || (hdr->flags & REC_F_META))
-		return err_set(e, -EBADMSG, "record %llu: not sealed with the data key",
+	} else if (hdr->flags & REC_F_META) {
+		return err_set(e, -EBADMSG, "record %llu: not sealed with a data key",
 			       (unsigned long long)hdr->seq);
+	}
 	if (hdr->seq == 0 || hdr->aux == 0)
 		return err_set(e, -EBADMSG, "record %llu: sequence or generation 0",
 			       (unsigned long long)hdr->seq);
@@ -81,6 +88,10 @@ int hotrec_check_hdr(const struct rec_hdr *hdr, const struct hotrec_id *h,
 		return 0;
 	case HOTREC_ZERO:
 		if (hdr->plain_len != 0)
+			goto bad_len;
+		return 0;
+	case HOTREC_KEYWRAP:
+		if (hdr->plain_len != HOTREC_KEYWRAP_LEN)
 			goto bad_len;
 		return 0;
 	default:

@@ -4,14 +4,16 @@
  * statement a generation-end record carries. Shared by the sender
  * (ferry-seed sync) and apply (ferry-ingest apply); pure functions.
  *
- * A REC_HOT record is sealed with the drive's data key (key id 0); its seq
+ * A REC_HOT record is sealed with the drive's data key (key id 0), or on
+ * a write-only drive with the sender's own key, which a REC_KEYWRAP record
+ * of kind HOTREC_KEYWRAP earlier in the generation carries; its seq
  * is the sender's journal sequence number, its aux the generation, and its
  * id field says what it is:
  *
  *   bytes 0..7   le64 disk id (the manifest's disks.id)
  *   bytes 8..15  le64 byte offset in the disk
  *   bytes 16..19 le32 length in bytes
- *   byte  20     kind: 0 data, 1 zeroes, 2 generation end
+ *   byte  20     kind: 0 data, 1 zeroes, 2 generation end, 3 key wrap
  *   bytes 21..31 zero
  *
  * The AEAD binds the whole id field, so what parses out of an
@@ -31,7 +33,11 @@ enum hotrec_kind {
 	HOTREC_DATA = 0,    /* plaintext: the bytes of [off, off+len) */
 	HOTREC_ZERO = 1,    /* empty plaintext: [off, off+len) reads as zeros */
 	HOTREC_END = 2,     /* plaintext: generation-end JSON; disk, off, len 0 */
+	HOTREC_KEYWRAP = 3, /* REC_KEYWRAP, meta key: the data key of the records
+			     * after it, sealed for a write-only drive's site
+			     * (HOTREC_KEYWRAP_LEN bytes); disk, off, len 0 */
 };
+#define HOTREC_KEYWRAP_LEN 80
 
 /* Largest range of one data or zeroes record (one record's plaintext). */
 #define HOTREC_MAX_LEN REC_MAX_PLAIN
@@ -61,10 +67,12 @@ void hotrec_id_pack(const struct hotrec_id *h, uint8_t out[REC_ID_LEN]);
 int hotrec_id_parse(const uint8_t in[REC_ID_LEN], struct hotrec_id *h,
 		    struct err *e);
 /*
- * Cross-checks a parsed REC_HOT header with its id: type REC_HOT, key id
- * 0, no meta flag, generation (aux) >= 1, seq >= 1, and plain_len what the
- * kind says (len for data, 0 for zeroes, 1..HOTREC_END_MAX_JSON for an
- * end). -EBADMSG with e otherwise.
+ * Cross-checks a parsed header with its id: type REC_HOT without the meta
+ * flag (key id 0, or a wrapped key of a write-only drive), or for a key
+ * wrap REC_KEYWRAP with the meta flag and key id >= 1; generation (aux) >=
+ * 1, seq >= 1, and plain_len what the kind says (len for data, 0 for
+ * zeroes, 1..HOTREC_END_MAX_JSON for an end, HOTREC_KEYWRAP_LEN for a key
+ * wrap). -EBADMSG with e otherwise.
  */
 int hotrec_check_hdr(const struct rec_hdr *hdr, const struct hotrec_id *h,
 		     struct err *e);

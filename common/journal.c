@@ -774,7 +774,8 @@ int journal_iter_next(struct journal_iter *it, struct journal_rec *r,
 		return err_set(e, rc, "journal: read record %llu: %s",
 			       (unsigned long long)r->seq, strerror(-rc));
 	/* Invariant 5: header, index agreement, then the chain. */
-	if (rec_hdr_parse(buf, &h, NULL) < 0 || h.type != REC_HOT || h.seq != r->seq ||
+	if (rec_hdr_parse(buf, &h, NULL) < 0 ||
+	    (h.type != REC_HOT && h.type != REC_KEYWRAP) || h.seq != r->seq ||
 	    rec_total_len(&h) != r->len || h.aux != r->gen ||
 	    journal_hot_id_parse(h.id, &id, NULL) < 0 || id.disk != r->id.disk ||
 	    id.offset != r->id.offset || id.length != r->id.length ||
@@ -1078,7 +1079,8 @@ int journal_append(struct journal *j, int64_t stream, const uint8_t *rec,
 	if (rec_total_len(&h) != len)
 		return err_set(e, -EPROTO, "journal: record of %zu bytes, header says %llu",
 			       len, (unsigned long long)rec_total_len(&h));
-	if (h.type != REC_HOT || h.key_id != 0 || (h.flags & REC_F_META))
+	if (!(h.type == REC_HOT && !(h.flags & REC_F_META)) &&
+	    !(h.type == REC_KEYWRAP && (h.flags & REC_F_META) && h.key_id != 0))
 		return err_set(e, -EPROTO, "journal: record of type %u (key %u, flags 0x%x)"
 			       " is not a hot record", h.type, h.key_id, h.flags);
 	if (h.seq != s->next_seq)
@@ -1095,6 +1097,12 @@ int journal_append(struct journal *j, int64_t stream, const uint8_t *rec,
 			       "generation %llu%s", (unsigned long long)h.seq, h.aux,
 			       (unsigned long long)s->gen,
 			       h.aux && h.aux <= s->done_gen ? " ended" : "");
+	if ((h.type == REC_KEYWRAP) != (id.kind == JOURNAL_KIND_KEYWRAP) ||
+	    (id.kind == JOURNAL_KIND_KEYWRAP && (id.disk || id.offset || id.length ||
+						 h.plain_len != JOURNAL_KEYWRAP_LEN)))
+		return err_set(e, -EPROTO, "journal: record %llu: a key wrap must be a type %u"
+			       " record of kind %u, %u bytes, no range", (unsigned long long)h.seq,
+			       REC_KEYWRAP, JOURNAL_KIND_KEYWRAP, JOURNAL_KEYWRAP_LEN);
 	if ((id.kind == JOURNAL_KIND_DATA && (id.length == 0 || h.plain_len != id.length)) ||
 	    (id.kind == JOURNAL_KIND_ZERO && (id.length == 0 || h.plain_len != 0)))
 		return err_set(e, -EPROTO, "journal: record %llu: %s of %u bytes with %u "

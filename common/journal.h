@@ -14,7 +14,9 @@
  *   DIR/lock                flock'd by the one writer (serve)
  *
  * A stream is what one sender (public key) sends for one drive (LUKS2 UUID):
- * REC_HOT records with seq 1, 2, ... chained by prev links from a zero link
+ * REC_HOT records (and, for write-only drives, REC_KEYWRAP records that
+ * carry the sender's data key sealed for the site: docs/FORMAT.md "Hot-data
+ * records") with seq 1, 2, ... chained by prev links from a zero link
  * (docs/FORMAT.md "Records"). The receiver holds no key: it checks records
  * keylessly (header, type, seq, chain) and stores them; apply authenticates
  * them with the drive's data key (codec_open with the drive UUID) and must
@@ -54,8 +56,12 @@ enum journal_kind {
 	JOURNAL_KIND_DATA = 0,    /* plaintext: the bytes at offset (plain_len == length) */
 	JOURNAL_KIND_ZERO = 1,    /* empty plaintext: the range reads as zeros */
 	JOURNAL_KIND_GEN_END = 2, /* plaintext: JSON, generation aux is complete */
+	JOURNAL_KIND_KEYWRAP = 3, /* a REC_KEYWRAP record (meta key): the sender's
+				   * data key sealed for a write-only drive's site */
 };
-#define JOURNAL_KIND_MAX 2
+#define JOURNAL_KIND_MAX 3
+/* Plaintext of a key wrap record (crypto_box_seal of a 32-byte key). */
+#define JOURNAL_KEYWRAP_LEN 80
 
 /* journal_open flags. */
 #define JOURNAL_RDONLY 0   /* read (apply): no recovery, no lock; the index may be live */

@@ -118,9 +118,45 @@ static void test_check_hdr(void)
 	x = h;
 	x.flags = REC_F_META;
 	tap_is_int(hotrec_check_hdr(&x, &d, NULL), -EBADMSG, "meta key refused");
+	/* A write-only drive's hot records carry a wrapped key's id; a key
+	 * id nobody wrapped fails codec_open, not this check. */
 	x = h;
 	x.key_id = 1;
-	tap_is_int(hotrec_check_hdr(&x, &d, NULL), -EBADMSG, "key id 1 refused");
+	tap_is_int(hotrec_check_hdr(&x, &d, NULL), 0, "data under wrapped key id 1");
+	{
+		struct hotrec_id w = { 0, 0, 0, HOTREC_KEYWRAP };
+		uint8_t id[REC_ID_LEN];
+		struct hotrec_id got;
+
+		x = h;
+		x.type = REC_KEYWRAP;
+		x.flags = REC_F_META | REC_F_LAST;
+		x.key_id = 9;
+		x.plain_len = HOTREC_KEYWRAP_LEN;
+		tap_is_int(hotrec_check_hdr(&x, &w, NULL), 0, "a key wrap record");
+		x.plain_len = HOTREC_KEYWRAP_LEN - 1;
+		tap_is_int(hotrec_check_hdr(&x, &w, NULL), -EBADMSG, "a short key wrap refused");
+		x.plain_len = HOTREC_KEYWRAP_LEN;
+		x.key_id = 0;
+		tap_is_int(hotrec_check_hdr(&x, &w, NULL), -EBADMSG, "a key wrap of key id 0 refused");
+		x.key_id = 9;
+		x.flags = REC_F_LAST;
+		tap_is_int(hotrec_check_hdr(&x, &w, NULL), -EBADMSG,
+			   "a key wrap without the meta key refused");
+		x = h;
+		x.flags = REC_F_META;
+		x.plain_len = HOTREC_KEYWRAP_LEN;
+		tap_is_int(hotrec_check_hdr(&x, &w, NULL), -EBADMSG,
+			   "a hot record claiming to be a key wrap refused");
+		x = h;
+		x.type = REC_KEYWRAP;
+		x.flags = REC_F_META;
+		tap_is_int(hotrec_check_hdr(&x, &d, NULL), -EBADMSG,
+			   "a key wrap record claiming to be data refused");
+		w.len = 1;
+		hotrec_id_pack(&w, id);
+		tap_is_int(hotrec_id_parse(id, &got, NULL), -EBADMSG, "a key wrap id with a range refused");
+	}
 	x = h;
 	x.aux = 0;
 	tap_is_int(hotrec_check_hdr(&x, &d, NULL), -EBADMSG, "generation 0 refused");
