@@ -33,6 +33,9 @@
  *     generation per end record and apply replays it in seq order.
  *  5. Records of a chunk are built from one read of the source, and its new
  *     id and hashes are of exactly those bytes.
+ *  6. On a write-only drive no record uses data_key: this process's own key
+ *     is wrapped for the site in a key wrap record staged before the first
+ *     record of each generation it sends (docs/SYNC.md "Write-only drives").
  */
 #include <dirent.h>
 #include <errno.h>
@@ -184,6 +187,14 @@ struct sync_ctx {
 	struct drive_info info;
 	struct keys *keys;
 	struct codec *codec;
+	/* Write-only drive (docs/FORMAT.md "Hot-data records"): this process's
+	 * data key, its id and its wrap for the site, sent as a key wrap
+	 * record before the first record of each generation it sends. */
+	int write_only;
+	uint8_t recipient[KEYWRAP_PK_LEN];
+	uint32_t key_id;
+	uint8_t wrap[KEYWRAP_SEALED_LEN];
+	uint64_t wrap_gen;        /* generation whose key wrap is staged */
 	uint8_t *bkey;            /* crypto_shorthash key, sodium_malloc'd */
 	uint8_t zero_hash[SYNC_HASH_LEN];
 	sqlite3 *db;
@@ -487,6 +498,8 @@ static int sync_settle(struct sync_ctx *x, uint64_t seq, struct err *e)
 			gen_done = (uint64_t)sqlite3_column_int64(sel, 2);
 			continue;
 		}
+		if (kind == HOTREC_KEYWRAP)
+			continue;       /* changes no chunk */
 		if (last && sqlite3_column_type(sel, 7) == SQLITE_NULL) {
 			sqlite3_bind_int64(del, 1, disk);
 			sqlite3_bind_int64(del, 2, idx);
@@ -588,10 +601,34 @@ static int stage_begin(struct sync_ctx *x, struct err *e)
  * link, and stages its pending row (disk, idx, last, id, hashes: the state
  * change it carries; id NULL with last: the chunk became zero).
  */
+static int rec_stage_as(struct sync_ctx *x, uint8_t type, uint8_t flags,
+			const struct hotrec_id *hid, const uint8_t *plain, size_t plen,
+			uint64_t idx, int last, const uint8_t *id, const uint8_t *hashes,
+			size_t hlen, struct err *e);
+
 static int rec_stage(struct sync_ctx *x, const struct hotrec_id *hid,
 		     const uint8_t *plain, size_t plen, uint64_t idx, int last,
 		     const uint8_t *id, const uint8_t *hashes, size_t hlen,
 		     struct err *e)
+{
+	/* Write-only drive: the key's wrap comes first in every generation
+	 * this process sends, so apply finds it in the generation itself. */
+	if (x->write_only && x->wrap_gen != x->gen) {
+		struct hotrec_id w = { 0, 0, 0, HOTREC_KEYWRAP };
+		int rc = rec_stage_as(x, REC_KEYWRAP, REC_F_META | REC_F_LAST, &w, x->wrap,
+				      sizeof(x->wrap), 0, 0, NULL, NULL, 0, e);
+
+		if (rc < 0)
+			return rc;
+		x->wrap_gen = x->gen;
+	}
+	return rec_stage_as(x, REC_HOT, 0, hid, plain, plen, idx, last, id, hashes, hlen, e);
+}
+
+static int rec_stage_as(struct sync_ctx *x, uint8_t type, uint8_t flags,
+			const struct hotrec_id *hid, const uint8_t *plain, size_t plen,
+			uint64_t idx, int last, const uint8_t *id, const uint8_t *hashes,
+			size_t hlen, struct err *e)
 {
 	struct rec_hdr h;
 	struct sync_rec *r;
@@ -610,8 +647,9 @@ static int rec_stage(struct sync_ctx *x, const struct hotrec_id *hid,
 	}
 	r = &x->win[x->wn];
 	memset(&h, 0, sizeof(h));
-	h.type = REC_HOT;
-	h.key_id = 0;
+	h.type = type;
+	h.flags = flags;
+	h.key_id = x->key_id;     /* 0: data_key; a wrap names the key it holds */
 	h.seq = x->next_seq;
 	h.aux = (uint32_t)x->gen;
 	hotrec_id_pack(hid, h.id);
@@ -2187,6 +2225,10 @@ static int sync_keys(struct sync_ctx *x, struct err *e)
 		rc = err_set(e, -ESTALE, "%s holds the header of drive %s", path, x->info.uuid);
 	if (rc == 0)
 		rc = codec_new(x->keys, x->info.uuid_bin, 2, &x->codec, e);
+	if (rc == 0 && x->write_only) {
+		keys_drop_data_key(x->keys);
+		rc = keywrap_key_new(x->keys, x->recipient, NULL, NULL, &x->key_id, x->wrap, e);
+	}
 	if (rc < 0)
 		return rc;
 	x->bkey = sodium_malloc(crypto_shorthash_KEYBYTES);
@@ -2229,16 +2271,24 @@ static int sync_disks(struct sync_ctx *x, struct err *e)
 		rc = manifest_disks(m, &v, &n, e);
 	if (rc < 0)
 		goto out;
-	/* Hot records are sealed with data_key, which a write-only drive
-	 * never uses (docs/FORMAT.md): refuse rather than send them so. */
+	/* A write-only drive never uses data_key (docs/FORMAT.md): its
+	 * recipient, recorded by the seeder, gets this process's key. */
 	{
 		char pk[2 * KEYWRAP_PK_LEN + 1];
 
-		if (manifest_meta_get(m, KEYWRAP_META_RECIPIENT, pk, sizeof(pk), NULL) == 0) {
-			rc = err_set(e, -ENOTSUP, "%s: the drive is write-only; sync sends hot"
-				     " data only for drives that are not", x->dir);
+		rc = manifest_meta_get(m, KEYWRAP_META_RECIPIENT, pk, sizeof(pk), NULL);
+		if (rc == 0) {
+			rc = keywrap_recipient_parse(pk, x->recipient, e);
+			if (rc < 0) {
+				err_prefix(e, "%s: the manifest's recipient key", path);
+				goto out;
+			}
+			x->write_only = 1;
+		} else if (rc != -ENOENT) {
+			rc = err_set(e, rc, "%s: cannot read the recipient key", path);
 			goto out;
 		}
+		rc = 0;
 	}
 	if (n == 0 || n > SYNC_MAX_DISKS) {
 		rc = err_set(e, -EINVAL, "%s: %zu disks", path, n);
