@@ -6,7 +6,8 @@
  * the complete generations (those whose end record is durable) are applied
  * in order, each in two passes over its records: first every record is
  * read, checked keylessly by the journal iterator (header, seq, chain),
- * authenticated with the drive's data key (codec_open: the AEAD binds
+ * authenticated with the drive's data key, or on a write-only drive the
+ * sender's key its key wrap record brought (codec_open: the AEAD binds
  * seq, generation and id field) and its id field and statement checked;
  * only when all of them pass does the second pass read, authenticate and
  * check them again and write them to the targets.
@@ -46,6 +47,7 @@
 #include "../common/hotrec.h"
 #include "../common/journal.h"
 #include "../common/keys.h"
+#include "../common/keywrap.h"
 #include "../common/manifest.h"
 #include "../common/root.h"
 #include "../common/util.h"
@@ -71,6 +73,7 @@ struct apply_opts {
 	const char *state;
 	const char *key_file;
 	const char *drive;
+	const char *site_key;     /* write-only drives */
 	uint64_t interval;        /* --follow polling, seconds */
 	int follow;
 	int json;
@@ -92,6 +95,7 @@ struct apply_ctx {
 	struct drive_info info;
 	struct keys *keys;
 	struct codec *codec;
+	struct site_key *site;    /* write-only drive: opens the key wraps */
 	sqlite3 *db;
 	struct journal *j;
 	struct apply_target *t;
@@ -122,6 +126,8 @@ static void apply_help(void)
 	       "  --state DIR    the ingest state folder given to 'ferry-ingest run'\n"
 	       "  --drive UUID   which drive, when the state folder holds several\n"
 	       "  --key-file F   the drive's passphrase or key file (default: prompt)\n"
+	       "  --site-key F   a write-only drive's site key (ferry-ingest keygen):\n"
+	       "                 required for such a drive, refused for any other\n"
 	       "  --follow       keep applying new generations as they arrive, until\n"
 	       "                 SIGINT or SIGTERM\n"
 	       "  --interval S   with --follow, look for new generations every S seconds\n"
@@ -132,7 +138,8 @@ static void apply_help(void)
 
 static int apply_parse(int argc, char **argv, struct apply_opts *o)
 {
-	enum { O_JOURNAL = 256, O_STATE, O_KEY, O_DRIVE, O_FOLLOW, O_INTERVAL, O_JSON, O_HELP };
+	enum { O_JOURNAL = 256, O_STATE, O_KEY, O_DRIVE, O_FOLLOW, O_INTERVAL, O_JSON, O_HELP,
+	       O_SITE_KEY };
 	static const struct option longopts[] = {
 		{ "journal", required_argument, NULL, O_JOURNAL },
 		{ "state", required_argument, NULL, O_STATE },
@@ -142,6 +149,7 @@ static int apply_parse(int argc, char **argv, struct apply_opts *o)
 		{ "interval", required_argument, NULL, O_INTERVAL },
 		{ "json", no_argument, NULL, O_JSON },
 		{ "help", no_argument, NULL, O_HELP },
+		{ "site-key", required_argument, NULL, O_SITE_KEY },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
@@ -155,6 +163,7 @@ static int apply_parse(int argc, char **argv, struct apply_opts *o)
 		case O_STATE: o->state = optarg; break;
 		case O_KEY: o->key_file = optarg; break;
 		case O_DRIVE: o->drive = optarg; break;
+		case O_SITE_KEY: o->site_key = optarg; break;
 		case O_FOLLOW: o->follow = 1; break;
 		case O_INTERVAL:
 			if (util_parse_u64(optarg, 1, 3600, &o->interval) < 0)
@@ -268,6 +277,37 @@ static int apply_keys(struct apply_ctx *x, struct err *e)
 	return rc;
 }
 
+/*
+ * A write-only drive (the seeder's "recipient" manifest row): data_key is
+ * never used, the key wraps in the journal open with the site key, which
+ * must be the drive's recipient. Refused without it, and for other drives.
+ */
+static int apply_site_key(struct apply_ctx *x, struct manifest *m, struct err *e)
+{
+	char hex[2 * KEYWRAP_PK_LEN + 1];
+	uint8_t pk[KEYWRAP_PK_LEN];
+	int rc;
+
+	rc = manifest_meta_get(m, KEYWRAP_META_RECIPIENT, hex, sizeof(hex), NULL);
+	if (rc == -ENOENT)
+		return x->o->site_key ? err_set(e, -EINVAL, "drive %s is not a write-only"
+						" drive: --site-key is only for write-only drives",
+						x->info.uuid) : 0;
+	if (rc < 0)
+		return err_set(e, rc, "%s: cannot read the recipient key", x->dir);
+	keys_drop_data_key(x->keys);
+	if (!x->o->site_key)
+		return err_set(e, -EACCES, "drive %s is write-only: give the site key with"
+			       " --site-key FILE", x->info.uuid);
+	rc = keywrap_recipient_parse(hex, pk, e);
+	if (rc == 0)
+		rc = keywrap_site_key_load(x->o->site_key, &x->site, e);
+	if (rc == 0 && sodium_memcmp(x->site->pk, pk, sizeof(pk)) != 0)
+		rc = err_set(e, -EACCES, "site key %s is not the key drive %s was prepared"
+			     " for (recipient %s)", x->o->site_key, x->info.uuid, hex);
+	return rc;
+}
+
 /* Disks from the ingest copy of the manifest, targets from ingest.db. */
 static int apply_targets(struct apply_ctx *x, struct err *e)
 {
@@ -296,6 +336,8 @@ static int apply_targets(struct apply_ctx *x, struct err *e)
 	st = NULL;
 	snprintf(path, sizeof(path), "%s/manifest.db", x->dir);
 	rc = manifest_open(path, &m, e);
+	if (rc == 0)
+		rc = apply_site_key(x, m, e);
 	if (rc == 0)
 		rc = manifest_disks(m, &v, &n, e);
 	if (rc < 0)
@@ -548,6 +590,11 @@ static int rec_check(struct apply_ctx *x, const struct journal_rec *jr, uint64_t
 			       "the last record is not a generation end");
 	if (hid->kind == HOTREC_END)
 		return 0;
+	/* Authenticated under meta_key; the key inside opens only with the
+	 * site key, and joins the ring for the records after it. */
+	if (hid->kind == HOTREC_KEYWRAP)
+		return x->site ? keywrap_unwrap_into(x->keys, x->site, h.key_id, x->plain, e) :
+			err_set(e, -EBADMSG, "a key wrap for a drive that is not write-only");
 	t = target_of(x, hid->disk);
 	if (!t)
 		return err_set(e, -EBADMSG, "for disk %llu, which the drive does not have",
@@ -609,6 +656,8 @@ static int gen_pass(struct apply_ctx *x, const struct journal_stream *s, uint64_
 				break;
 			continue;
 		}
+		if (hid.kind == HOTREC_KEYWRAP)
+			continue;
 		if (!write) {
 			/* Targets must be writable before anything is written. */
 			rc = target_open(target_of(x, hid.disk), e);
@@ -945,6 +994,7 @@ out:
 	sqlite3_close(x.db);
 	codec_free(x.codec);
 	keys_free(x.keys);
+	keywrap_site_key_free(x.site);
 	free(x.rec);
 	free(x.plain);
 	if (x.lock_fd >= 0)

@@ -6,8 +6,10 @@
 # id; seal; verify without the site key checks headers and chain, --deep
 # needs the site key; run with the site key gives byte-identical targets,
 # without it or with another one it is refused with nothing written; with
-# the passphrase alone no command outputs a byte of chunk data; bad
-# --recipient values are refused with the drive untouched.
+# the passphrase alone no command outputs a byte of chunk data; one change
+# synced over loopback is applied with the site key only, and the journal
+# holds none of it in plaintext; bad --recipient values are refused with
+# the drive untouched.
 # shellcheck source=tests/e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/e2e/serve_lib.sh
@@ -163,9 +165,50 @@ same=0
 for n in a b c d; do cmp -s "$T/$n.raw" "$T/out/$n.raw" && same=$((same + 1)); done
 eq "all four targets are byte-identical to their sources" "$same" 4
 
-# Hot data is sealed with data_key: sync refuses a write-only drive.
-expect_fail "sync refuses a write-only drive" 1 'write-only' \
-	"$SEED" sync --state "$S" --to 127.0.0.1:1 --server-key "$PK" --once
+# --- hot data: sync one change over loopback, apply with the site key ---------
+J=$T/journal
+SENDER=$("$SEED" sync --state "$S" --print-key)
+SKEY=$("$INGEST" serve --journal "$J" --print-key)
+trap 'kill_bg TERM "$SRV_PID"; _lib_cleanup' EXIT
+start_server || not_ok "serve starts"
+sync_once() { # sync_once OUT
+	timeout 60 "$SEED" sync --state "$S" --to "127.0.0.1:$PORT" --server-key "$SKEY" \
+		--key-file "$T/key" --once --json >"$1" 2>"$1.err"
+}
+apply_once() {
+	timeout 60 "$INGEST" apply --journal "$J" --state "$T/ist" --key-file "$T/key" "$@"
+}
+MARK2=ferry-hot-marker-51c0
+{ printf '%s' "$MARK2"; head -c 4000 /dev/urandom; } |
+	dd of="$T/a.raw" bs=4096 seek=300 conv=notrunc status=none
+if sync_once "$T/s1.json"; then
+	ok "sync --once sends the change of a write-only drive"
+else
+	not_ok "sync --once (write-only)" "$(tail -n 3 "$T/s1.json.err")"
+fi
+if ! grep -rqa "$MARK2" "$J"; then
+	ok "the receiver's journal holds no plaintext of the change"
+else
+	not_ok "the receiver's journal holds no plaintext of the change"
+fi
+cp "$T/out/a.raw" "$T/a.before"
+expect_fail "apply without the site key refused" 1 'write-only: give the site key' apply_once
+expect_fail "apply with another site key refused" 1 'is not the key drive' \
+	apply_once --site-key "$T/other.key"
+if cmp -s "$T/out/a.raw" "$T/a.before"; then
+	ok "the refused applies wrote nothing"
+else
+	not_ok "the refused applies wrote nothing"
+fi
+check "apply with the site key" apply_once --site-key "$T/site.key"
+same "after apply the target equals the changed source" "$T/a.raw" "$T/out/a.raw"
+# A second sync process: its own key, wrapped again in its generation.
+head -c 8192 /dev/urandom | dd of="$T/a.raw" bs=4096 seek=700 conv=notrunc status=none
+if sync_once "$T/s2.json"; then ok "a second sync process"; else
+	not_ok "a second sync process" "$(tail -n 3 "$T/s2.json.err")"; fi
+check "apply the second generation" apply_once --site-key "$T/site.key"
+same "the target equals the source again" "$T/a.raw" "$T/out/a.raw"
+stop_server
 
 # --- --site-key on an ordinary drive ----------------------------------------------
 check "prepare an ordinary drive" \
