@@ -56,6 +56,31 @@ static size_t mkrec(uint64_t seq, uint32_t gen, uint8_t kind, uint8_t link[32],
 	return (size_t)n;
 }
 
+/* A key wrap record (or a malformed one) as seq of generation gen. */
+static size_t mkwrap(uint64_t seq, uint32_t gen, uint8_t type, uint8_t flags,
+		     uint32_t key_id, uint8_t kind, size_t plen, uint8_t link[32])
+{
+	struct rec_hdr h;
+	struct journal_hot_id id = { .kind = kind };
+	uint8_t plain[128] = { 0 };
+	ssize_t n;
+
+	memset(&h, 0, sizeof(h));
+	h.type = type;
+	h.flags = flags;
+	h.key_id = key_id;
+	h.seq = seq;
+	h.aux = gen;
+	if (kind == JOURNAL_KIND_DATA)
+		id.length = (uint32_t)plen;
+	journal_hot_id_pack(&id, h.id);
+	n = codec_seal(cod, &h, plain, plen, rec, cap, NULL);
+	if (n < 0)
+		return 0;
+	rec_set_prev(rec, link);
+	return (size_t)n;
+}
+
 static const char *log_of(const char *dir)
 {
 	static char p[4096];
@@ -147,6 +172,22 @@ int main(void)
 	tap_is_int(journal_append(j, st.id, rec, len, NULL), -EPROTO, "not a hot record");
 	tap_is_int(journal_append(j, st.id, rec, len - 1, NULL), -EPROTO,
 		   "a length that is not the header's is refused");
+	/* Key wraps (write-only drives): type 6, meta key, kind 3, 80 bytes. */
+	len = mkwrap(6, 2, REC_KEYWRAP, REC_F_META | REC_F_LAST, 9, JOURNAL_KIND_DATA, 80, link);
+	tap_is_int(journal_append(j, st.id, rec, len, NULL), -EPROTO,
+		   "a key wrap record of kind data is refused");
+	len = mkwrap(6, 2, REC_HOT, REC_F_LAST, 9, JOURNAL_KIND_KEYWRAP, 80, link);
+	tap_is_int(journal_append(j, st.id, rec, len, NULL), -EPROTO,
+		   "a hot record of kind key wrap is refused");
+	len = mkwrap(6, 2, REC_KEYWRAP, REC_F_LAST, 9, JOURNAL_KIND_KEYWRAP, 80, link);
+	tap_is_int(journal_append(j, st.id, rec, len, NULL), -EPROTO,
+		   "a key wrap without the meta key is refused");
+	len = mkwrap(6, 2, REC_KEYWRAP, REC_F_META | REC_F_LAST, 0, JOURNAL_KIND_KEYWRAP, 80, link);
+	tap_is_int(journal_append(j, st.id, rec, len, NULL), -EPROTO,
+		   "a key wrap of key id 0 is refused");
+	len = mkwrap(6, 2, REC_KEYWRAP, REC_F_META | REC_F_LAST, 9, JOURNAL_KIND_KEYWRAP, 79, link);
+	tap_is_int(journal_append(j, st.id, rec, len, NULL), -EPROTO,
+		   "a key wrap of 79 bytes is refused");
 	journal_stream_tail(j, st.id, &next, saved, NULL);
 	tap_ok(next == 6 && stat(log_of(dir), &sb) == 0 &&
 	       (uint64_t)sb.st_size == journal_bytes_total(j), "nothing was kept of them");
@@ -272,6 +313,19 @@ int main(void)
 	journal_iter_close(it);
 	free(all);
 	journal_close(rd);
+	rd = NULL;
+
+	/* A well-formed key wrap is stored and passes the keyless checks. */
+	memset(link, 0, sizeof(link));
+	rc = journal_open(tap_path("jw"), JOURNAL_WRITE | JOURNAL_CREATE, &j, &e);
+	rc = rc ? rc : journal_stream_open(j, drive, sender, &st, &e);
+	len = mkwrap(1, 1, REC_KEYWRAP, REC_F_META | REC_F_LAST, 9, JOURNAL_KIND_KEYWRAP, 80, link);
+	rc = rc ? rc : journal_append(j, st.id, rec, len, &e);
+	rc = rc ? rc : journal_sync(j, &e);
+	tap_is_int(rc, 0, "a key wrap record is appended (%s)", e.msg);
+	tap_ok(rc == 0 && journal_verify(j, 0, &n64, &e) == 0 && n64 == 1,
+	       "and verifies keylessly (%s)", e.msg);
+	journal_close(j);
 	codec_free(cod);
 	keys_free(k);
 	free(rec);
