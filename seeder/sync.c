@@ -1534,13 +1534,29 @@ static int cbt_command(const struct sync_ctx *x, const struct sync_disk *d, uint
 			break;
 		}
 	}
-	if (timed_out || rc < 0)
-		kill(-pid, SIGKILL);
-	while (waitpid(pid, &st, 0) < 0)
-		if (errno != EINTR) {
+	/* Its stdout closed: it must still exit within the time left. */
+	while (!timed_out && rc == 0) {
+		struct timespec ts = { 0, 10000000L };
+		pid_t w = waitpid(pid, &st, WNOHANG);
+
+		if (w == pid)
+			break;
+		if (w < 0 && errno != EINTR) {
 			st = -1;
 			break;
 		}
+		if (sync_stop)
+			rc = err_set(e, -EINTR, "interrupted");
+		else if (util_now_ns() >= deadline)
+			timed_out = 1;
+		else
+			nanosleep(&ts, NULL);
+	}
+	if (timed_out || rc < 0) {
+		kill(-pid, SIGKILL);
+		while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+			;
+	}
 	if (rc < 0)
 		goto out;
 	if (timed_out) {

@@ -1058,6 +1058,14 @@ static int attach_disks(struct writer *w, struct err *e)
 			}
 			if (!strcmp(ds->md.state, "partial"))
 				return err_set(e, -EROFS, "disk %s was sealed partial", ds->name);
+			/* The epoch is of the moment its seed read started. */
+			if (ds->cbt_id && (strcmp(ds->md.track_kind, "cbt") ||
+					   strcmp(ds->md.track_epoch, ds->cbt_id)))
+				cli_error(SEED_PROG, "disk %s: resumed: keeps the change tracking"
+					  " recorded when its seed read started (%s%s%s), not --cbt"
+					  " %s=%s", ds->name, ds->md.track_kind[0] ?
+					  ds->md.track_kind : "none", ds->md.track_kind[0] ? " " : "",
+					  ds->md.track_epoch, ds->name, ds->cbt_id);
 			snprintf(ds->md.source, sizeof(ds->md.source), "%s", ds->source);
 			continue;
 		}

@@ -1,7 +1,8 @@
 #!/bin/bash
 # 89_cbt: the delta service's cbt mode. A 32 MiB raw disk is seeded with a
-# recorded CBT change id (--cbt a=CHANGEID, kept in the manifest), sealed
-# and ingested; serve runs on loopback. A writer changes extents of the
+# recorded CBT change id (--cbt a=CHANGEID, kept in the manifest; the seed
+# is interrupted and resumed with another id, which is said in one line:
+# the first record stays), sealed and ingested; serve runs on loopback. A writer changes extents of the
 # source and keeps the ground truth: the changed areas since the seed.
 # Round 1: the areas as a text list in a file (--mode cbt --cbt-file):
 # only the chunks they touch are read (read_bytes within 1.1x of the
@@ -9,7 +10,8 @@
 # the areas as vSphere DiskChangeInfo JSON printed by --cbt-command, which
 # sees the disk, change id and size in its environment; --mode auto picks
 # cbt. Bad lists (an area past the end, JSON not covering the disk, a
-# failing command, a command past --cbt-timeout): one line naming the file
+# failing command, a command past --cbt-timeout, one that closes its output
+# and lingers): one line naming the file
 # or command, hash mode for the disk, and the target still equals the
 # source. Last, a cutover in cbt mode: apply says identical. Refusals:
 # --cbt naming no disk, an empty change id, --cbt with --bitmap, cbt
@@ -136,8 +138,29 @@ expect_fail "--cbt with an empty change id: usage" 2 'expected NAME=CHANGEID' \
 	"$SEED" write "$D" "a=$src" --cbt "a=" --key-file "$K" --state "$T/seed"
 expect_fail "--cbt with --bitmap: usage" 2 'exclude each other' \
 	"$SEED" write "$D" "a=$src" --cbt "a=$CID" --bitmap b0 --key-file "$K" --state "$T/seed"
-check "seed with --cbt a=CHANGEID" "$SEED" write "$D" "a=$src" --cbt "a=$CID" \
-	--key-file "$K" --state "$T/seed"
+# Interrupted, then resumed with another change id: the disk keeps the one
+# recorded when its seed read started, and says so.
+timeout 60 "$SEED" write "$D" "a=$src" --cbt "a=$CID" --max-read-rate 2M --json \
+	--key-file "$K" --state "$T/seed" >"$T/w1.out" 2>"$T/w1.err" &
+WPID=$!
+for _ in $(seq 300); do grep -q '"event":"progress"' "$T/w1.out" && break; sleep 0.05; done
+kill_bg INT "$WPID"
+wait "$WPID"
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q 'interrupted' "$T/w1.err"; then
+	ok "seed with --cbt a=CHANGEID, interrupted"
+else
+	not_ok "seed with --cbt a=CHANGEID, interrupted" "exit $rc" "$(cat "$T/w1.err")"
+fi
+"$SEED" write "$D" "a=$src" --cbt "a=another/7" --key-file "$K" --state "$T/seed" \
+	>/dev/null 2>"$T/w2.err"
+rc=$?
+if [ "$rc" -eq 0 ] && [ "$(wc -l <"$T/w2.err")" -eq 1 ] &&
+	grep -q "disk a: resumed: keeps the change tracking recorded when its seed read started (cbt $CID), not --cbt a=another/7" "$T/w2.err"; then
+	ok "resumed with another change id: completes, says it keeps the first"
+else
+	not_ok "resumed with another change id" "exit $rc" "$(cat "$T/w2.err")"
+fi
 track=$(python3 -c '
 import glob, sqlite3, sys
 db = sqlite3.connect(glob.glob(sys.argv[1] + "/*/manifest.db")[0])
@@ -247,6 +270,13 @@ if [ "$(wc -l <"$T/s6.err")" -eq 1 ] && grep -q 'disk a: --cbt-command did not f
 	ok "a command past --cbt-timeout: killed, hash mode, one line"
 else
 	not_ok "a command past --cbt-timeout" "$(cat "$T/s6.err")"
+fi
+sync_once "$T/s7" --mode cbt --cbt-command "cat '$T/areas.txt'; exec >&-; sleep 30" \
+	--cbt-timeout 1
+if [ "$(wc -l <"$T/s7.err")" -eq 1 ] && grep -q 'disk a: --cbt-command did not finish within 1 s (killed): hash mode for this disk$' "$T/s7.err"; then
+	ok "a command that closes its output but does not exit: killed at the timeout"
+else
+	not_ok "a command that closes its output but does not exit" "$(cat "$T/s7.err")"
 fi
 check "apply (fallbacks)" apply_once
 same "after the fallbacks: the target equals the source" "$src" "$tgt"
