@@ -2,8 +2,9 @@
 # 89_cbt: the delta service's cbt mode. A 32 MiB raw disk is seeded with a
 # recorded CBT change id (--cbt a=CHANGEID, kept in the manifest; the seed
 # is interrupted and resumed with another id, which is said in one line:
-# the first record stays), sealed and ingested; serve runs on loopback. A writer changes extents of the
-# source and keeps the ground truth: the changed areas since the seed.
+# the first record stays), sealed and ingested; serve runs on loopback. A
+# writer changes extents of the source and keeps the ground truth: the
+# changed areas since the seed.
 # Round 1: the areas as a text list in a file (--mode cbt --cbt-file):
 # only the chunks they touch are read (read_bytes within 1.1x of the
 # chunk-aligned areas), apply makes the target equal the source. Round 2:
