@@ -56,6 +56,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/blockhash.h"
 #include "../common/cbt.h"
 #include "../common/cli.h"
 #include "../common/codec.h"
@@ -159,6 +160,7 @@ struct sync_disk {
 	/* final (cutover) pass: the root of the source as this pass saw it */
 	uint8_t root[32];
 	int has_root;
+	struct bh_file *bh;       /* the seeder's block hashes, or NULL */
 };
 
 /* A record sent and not yet acknowledged. */
@@ -1143,18 +1145,12 @@ static int chg_add(struct sync_disk *d, uint64_t idx)
 static void block_hashes(const struct sync_ctx *x, const uint8_t *buf, uint32_t len,
 			 uint8_t *out)
 {
-	uint32_t off, n;
-
-	for (off = 0; off < len; off += SYNC_BLOCK) {
-		n = len - off < SYNC_BLOCK ? len - off : SYNC_BLOCK;
-		crypto_shorthash(out, buf + off, n, x->bkey);
-		out += SYNC_HASH_LEN;
-	}
+	bh_hash_blocks(x->bkey, buf, len, out);
 }
 
 static uint32_t nblocks(uint32_t len)
 {
-	return (len + SYNC_BLOCK - 1) / SYNC_BLOCK;
+	return bh_nblocks(len);
 }
 
 /* The hash of an all-zero block of n bytes. */
@@ -1170,7 +1166,9 @@ static void zero_block_hash(const struct sync_ctx *x, uint32_t n, uint8_t out[SY
 
 /*
  * What the cloud side holds for chunk idx: *state 0 zero, 1 known id,
- * 2 unknown; id and, when known, the block hashes (*have_hashes).
+ * 2 unknown; id and, when known, the block hashes (*have_hashes): from the
+ * state when a pass sent the chunk, else from the seeder's block-hash file
+ * when it holds them for exactly this id.
  */
 struct chunk_state {
 	int state;
@@ -1179,7 +1177,7 @@ struct chunk_state {
 	uint8_t *hashes;          /* nblocks(chunk) * SYNC_HASH_LEN */
 };
 
-static int chunk_state_get(struct sync_ctx *x, sqlite3_stmt *st, int64_t disk,
+static int chunk_state_get(struct sync_ctx *x, sqlite3_stmt *st, struct sync_disk *d,
 			   uint64_t idx, uint32_t len, struct chunk_state *cs,
 			   struct err *e)
 {
@@ -1187,7 +1185,7 @@ static int chunk_state_get(struct sync_ctx *x, sqlite3_stmt *st, int64_t disk,
 
 	cs->state = 0;
 	cs->have_hashes = 0;
-	sqlite3_bind_int64(st, 1, disk);
+	sqlite3_bind_int64(st, 1, d->md.id);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)idx);
 	switch (sqlite3_step(st)) {
 	case SQLITE_ROW:
@@ -1202,6 +1200,8 @@ static int chunk_state_get(struct sync_ctx *x, sqlite3_stmt *st, int64_t disk,
 			memcpy(cs->hashes, sqlite3_column_blob(st, 1),
 			       (size_t)nblocks(len) * SYNC_HASH_LEN);
 			cs->have_hashes = 1;
+		} else if (cs->state == 1) {
+			cs->have_hashes = bh_get(d->bh, idx, len, cs->id, cs->hashes);
 		}
 		break;
 	case SQLITE_DONE:
@@ -1328,7 +1328,7 @@ static int scan_disk(struct sync_ctx *x, struct sync_disk *d,
 			 * pass's root is the source as it is now. */
 			if (want_root)
 				root_add(&r, s->idx, s->zero ? NULL : s->id);
-			rc = chunk_state_get(x, st, d->md.id, s->idx, s->len, &cs, e);
+			rc = chunk_state_get(x, st, d, s->idx, s->len, &cs, e);
 			if (rc < 0)
 				goto out;
 			if (s->zero)
@@ -1698,7 +1698,7 @@ static int send_chunk(struct sync_ctx *x, struct sync_disk *d, sqlite3_stmt *st,
 	if (rc < 0)
 		return rc;
 	zero = rc == 1 || codec_is_zero(x->cbuf, len);
-	rc = chunk_state_get(x, st, d->md.id, idx, len, cs, e);
+	rc = chunk_state_get(x, st, d, idx, len, cs, e);
 	if (rc < 0)
 		return rc;
 	if (zero) {
@@ -2247,18 +2247,32 @@ static int sync_keys(struct sync_ctx *x, struct err *e)
 	}
 	if (rc < 0)
 		return rc;
-	x->bkey = sodium_malloc(crypto_shorthash_KEYBYTES);
+	x->bkey = sodium_malloc(BH_KEY_LEN);
 	if (!x->bkey)
 		return err_set(e, -ENOMEM, "out of memory");
-	/* A key of its own for block hashes, so they reveal nothing
-	 * without the drive's key and never collide by design. */
-	crypto_generichash(x->bkey, crypto_shorthash_KEYBYTES,
-			   (const unsigned char *)"ferry-sync-blocks-v1", 20,
-			   x->keys->id_key, KEYS_KEY_LEN);
+	bh_key(x->keys, x->bkey);
 	{
 		static const uint8_t zeros[SYNC_BLOCK];
 
 		crypto_shorthash(x->zero_hash, zeros, SYNC_BLOCK, x->bkey);
+	}
+	return 0;
+}
+
+_Static_assert(SYNC_HASH_LEN == BH_HASH_LEN && SYNC_BLOCK == BH_BLOCK,
+	       "sync and the seeder hash the same blocks");
+
+/* The seeder's block hashes of each disk, where it left them. */
+static int sync_block_hashes(struct sync_ctx *x, struct err *e)
+{
+	size_t i;
+	int rc;
+
+	for (i = 0; i < x->ndisks; i++) {
+		rc = bh_open(x->dir, x->disks[i].md.id, x->disks[i].md.chunk_size, x->bkey, 0,
+			     &x->disks[i].bh, e);
+		if (rc < 0)
+			return rc;
 	}
 	return 0;
 }
@@ -2423,6 +2437,7 @@ static void sync_free(struct sync_ctx *x)
 	free(x->rep);
 	for (i = 0; x->disks && i < x->ndisks; i++) {
 		img_close(x->disks[i].img);
+		bh_close(x->disks[i].bh);
 		free(x->disks[i].ev.v);
 		free(x->disks[i].chg);
 	}
@@ -2869,6 +2884,8 @@ int seed_sync_main(int argc, char **argv)
 		rc = sync_disks(&x, &e);
 	if (rc == 0)
 		rc = sync_keys(&x, &e);
+	if (rc == 0)
+		rc = sync_block_hashes(&x, &e);
 	if (rc == 0)
 		rc = sync_db_open(&x, &e);
 	if (rc == 0)

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <zstd.h>
 
+#include "../common/blockhash.h"
 #include "../common/cli.h"
 #include "../common/drive.h"
 #include "../common/fault.h"
@@ -57,6 +58,7 @@ struct disk_spec {
 	struct manifest_disk md;
 	int skip;                 /* already complete */
 	const char *cbt_id;       /* --cbt NAME=CHANGEID: the VMware CBT change id */
+	struct bh_file *bh;       /* its block hashes for the delta service */
 	/* counters of this run */
 	uint64_t new_chunks, new_bytes, dedup_chunks, zero_chunks, read_bytes;
 };
@@ -79,6 +81,7 @@ struct slot {
 	uint8_t flags;
 	ssize_t rlen;             /* encoded record length, or -errno */
 	uint8_t *plain;           /* max chunk size */
+	uint8_t *bh;              /* its 4 KiB block hashes (blockhash.h) */
 	uint8_t *rec;             /* body_cap bytes: the encoded record */
 	uint8_t digest[REC_DIGEST_LEN];
 	uint64_t seq;             /* assigned before encoding */
@@ -136,6 +139,7 @@ struct writer {
 	uint32_t key_id;          /* data key of this run: 0, or a wrapped key
 				   * of a write-only drive (common/keywrap.h) */
 	int no_append;            /* recovering: record only chunks on the drive */
+	uint8_t *bhkey;           /* block-hash key, sodium_malloc'd */
 };
 
 static volatile sig_atomic_t interrupted;
@@ -360,8 +364,10 @@ static void batch_hash(void *opaque, size_t i, unsigned thread)
 			return;
 	}
 	sl->kind = codec_is_zero(sl->plain, sl->len) ? SLOT_ZERO : SLOT_NEW;
-	if (sl->kind == SLOT_NEW)
+	if (sl->kind == SLOT_NEW) {
 		codec_chunk_id(w->d->keys, sl->plain, sl->len, sl->id);
+		bh_hash_blocks(w->bhkey, sl->plain, sl->len, sl->bh);
+	}
 }
 
 /* Compression, encryption and digest of new chunks, with the thread's own
@@ -515,6 +521,8 @@ static int batch_record(struct writer *w, struct batch *b, struct err *e)
 		if (sl->kind != SLOT_ZERO) {
 			rc = manifest_extent_put(w->d->man, ds->md.id, sl->idx, sl->id,
 						 w->d->gen, e);
+			if (rc == 0)
+				rc = bh_put(ds->bh, sl->idx, sl->len, sl->id, sl->bh, e);
 			if (rc < 0)
 				return rc;
 			ds->md.data_chunks++;
@@ -902,7 +910,9 @@ static int writer_buffers(struct writer *w, unsigned threads, int level,
 		for (i = 0; i < n; i++) {
 			w->sets[k].slots[i].plain = malloc(max_cs);
 			w->sets[k].slots[i].rec = malloc(w->body_cap);
-			if (!w->sets[k].slots[i].plain || !w->sets[k].slots[i].rec)
+			w->sets[k].slots[i].bh = malloc((size_t)bh_nblocks(max_cs) * BH_HASH_LEN);
+			if (!w->sets[k].slots[i].plain || !w->sets[k].slots[i].rec ||
+			    !w->sets[k].slots[i].bh)
 				return err_set(e, -ENOMEM, "out of memory");
 		}
 	}
@@ -932,6 +942,7 @@ static void writer_free_buffers(struct writer *w)
 		for (i = 0; w->sets[k].slots && i < w->slots_alloc; i++) {
 			free(w->sets[k].slots[i].plain);
 			free(w->sets[k].slots[i].rec);
+			free(w->sets[k].slots[i].bh);
 		}
 		free(w->sets[k].slots);
 	}
@@ -1090,6 +1101,33 @@ static int attach_disks(struct writer *w, struct err *e)
 		rc = manifest_disk_add(w->d->man, &ds->md, e);
 		if (rc == 0)
 			rc = manifest_event_add(w->d->man, "disk-added", ds->name, w->d->gen, e);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/*
+ * The block-hash files of the disks being seeded, next to the host copy of
+ * the manifest (mpath), for the delta service's first pass.
+ */
+static int open_block_hashes(struct writer *w, const char *mpath, struct err *e)
+{
+	char dir[4400];
+	size_t i;
+	int rc;
+
+	w->bhkey = sodium_malloc(BH_KEY_LEN);
+	if (!w->bhkey)
+		return err_set(e, -ENOMEM, "out of memory");
+	bh_key(w->d->keys, w->bhkey);
+	snprintf(dir, sizeof(dir), "%.*s", (int)(strrchr(mpath, '/') - mpath), mpath);
+	for (i = 0; i < w->ndisks; i++) {
+		struct disk_spec *ds = &w->disks[i];
+
+		if (ds->skip)
+			continue;
+		rc = bh_open(dir, ds->md.id, ds->md.chunk_size, w->bhkey, 1, &ds->bh, e);
 		if (rc < 0)
 			return rc;
 	}
@@ -1276,6 +1314,8 @@ int seed_write_main(int argc, char **argv)
 	if (rc == 0)
 		rc = attach_disks(&w, &e);
 	if (rc == 0)
+		rc = open_block_hashes(&w, mpath, &e);
+	if (rc == 0)
 		rc = writer_buffers(&w, (unsigned)threads, (int)level, &e);
 	if (rc == 0)
 		rc = estimate_space(&w, &need, &e);
@@ -1332,6 +1372,8 @@ int seed_write_main(int argc, char **argv)
 	}
 	if (rc == 0)
 		rc = manifest_commit(w.d->man, &e);
+	for (i = 0; i < w.ndisks && rc == 0; i++)
+		rc = bh_sync(w.disks[i].bh, &e);
 	if (rc < 0)
 		goto fail;
 	print_summary(&w, 1, NULL, util_now_ns() - t0);
@@ -1344,8 +1386,11 @@ fail:
 	status = EXIT_FAIL;
 out:
 	writer_free_buffers(&w);
-	for (i = 0; i < w.ndisks; i++)
+	for (i = 0; i < w.ndisks; i++) {
 		img_close(w.disks[i].img);
+		bh_close(w.disks[i].bh);
+	}
+	sodium_free(w.bhkey);
 	drive_close(w.d);
 	progress_free(w.prog);
 	free(w.buf);

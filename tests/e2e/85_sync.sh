@@ -137,6 +137,15 @@ else
 	not_ok "sync --once: round 1" "$(tail -n 3 "$T/s1.json.err")"
 fi
 eq "round 1: generation 1 acknowledged" "$(json_pass "$T/s1.json" 'p["ok"] and p["generation"]')" 1
+# The seeder left the seeded chunks' 4 KiB block hashes: the first change to
+# a seeded chunk sends its changed blocks, not the whole 64 KiB chunk.
+data=$(json_pass "$T/s1.json" 'p["disks"][0]["data_bytes"]')
+if [ "$data" -gt 0 ] 2>/dev/null && [ "$data" -le "$changed" ]; then
+	ok "round 1: $data data bytes sent for $changed changed (seeded chunks by block)"
+else
+	not_ok "round 1: only the changed blocks of seeded chunks travel" \
+		"data bytes $data for $changed changed"
+fi
 check "apply round 1" apply_once
 same "round 1: the target equals the source" "$src" "$tgt"
 
@@ -154,6 +163,25 @@ else
 fi
 check "apply round 2" apply_once
 same "round 2: the target equals the source" "$src" "$tgt"
+
+# --- a damaged block-hash file costs bytes, never correctness ----------------
+# The first chunk of seeded random data no round touched so far: its entry
+# in the seeder's block-hash file garbled, then one block of it changed: the
+# whole chunk travels, and the target still equals the source.
+c3=$(awk '{t[int($1 / 65536)] = 1; if ($3 == "zero") for (o = $1; o < $1 + $2; o += 65536) t[int(o / 65536)] = 1}
+	END {for (c = 0; c < 384; c++) if (!(c in t)) {print c; exit}}' "$src.log")
+bhf=$(ls "$T"/seed/*/blocks-*.bh 2>/dev/null | head -n 1)
+if [ -z "$bhf" ] || [ -z "$c3" ]; then
+	not_ok "a block-hash file and an untouched chunk" "file '${bhf:-none}', chunk '$c3'"
+else
+	head -c 136 /dev/urandom | dd of="$bhf" bs=1 seek=$((64 + c3 * 136)) conv=notrunc status=none
+	changed=$(mutate "$src" 3 1 -1 0 "$c3")
+	sync_once "$T/s2b.json" || not_ok "sync --once: garbled block hashes" "$(tail -n 3 "$T/s2b.json.err")"
+	eq "garbled block hashes: the whole chunk is sent" \
+		"$(json_pass "$T/s2b.json" 'p["disks"][0]["data_bytes"]')" 65536
+	check "apply after garbled block hashes" apply_once
+	same "garbled block hashes: the target equals the source" "$src" "$tgt"
+fi
 
 # --- the sender killed mid-pass, then run again ------------------------------
 mutate "$src" 3 2000 >/dev/null
