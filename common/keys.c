@@ -295,11 +295,13 @@ out:
 	return rc;
 }
 
-/* The ring: ids in plain memory, keys in one sodium_malloc'd array. */
+/* The ring: all of it in sodium_malloc'd memory, like the keys that hold
+ * it (which also keeps leak checkers, which do not scan that memory, from
+ * losing sight of it). */
 struct keys_ring {
 	size_t n, cap;
-	uint32_t *ids;
-	unsigned char *keys;      /* cap * KEYS_KEY_LEN, sodium_malloc'd */
+	uint32_t *ids;            /* cap ids */
+	unsigned char *keys;      /* cap * KEYS_KEY_LEN */
 };
 
 static void keys_ring_free(struct keys_ring *r)
@@ -307,8 +309,8 @@ static void keys_ring_free(struct keys_ring *r)
 	if (!r)
 		return;
 	sodium_free(r->keys);
-	free(r->ids);
-	free(r);
+	sodium_free(r->ids);
+	sodium_free(r);
 }
 
 void keys_free(struct keys *k)
@@ -345,25 +347,29 @@ int keys_ring_add(struct keys *k, uint32_t key_id,
 		return sodium_memcmp(have, key, KEYS_KEY_LEN) == 0 ? 0 :
 			err_set(e, -EEXIST, "keys: two different keys for key id %u", key_id);
 	if (!k->ring) {
-		k->ring = calloc(1, sizeof(*k->ring));
+		k->ring = sodium_malloc(sizeof(*k->ring));
 		if (!k->ring)
-			return err_set(e, -ENOMEM, "keys: out of memory");
+			return err_set(e, -ENOMEM, "keys: out of secure memory");
+		memset(k->ring, 0, sizeof(*k->ring));
 	}
 	r = k->ring;
 	if (r->n == r->cap) {
 		size_t cap = r->cap ? r->cap * 2 : 8;
-		uint32_t *ids = realloc(r->ids, cap * sizeof(*ids));
-		unsigned char *keys;
+		uint32_t *ids = sodium_allocarray(cap, sizeof(*ids));
+		unsigned char *keys = sodium_allocarray(cap, KEYS_KEY_LEN);
 
-		if (!ids)
-			return err_set(e, -ENOMEM, "keys: out of memory");
-		r->ids = ids;
-		keys = sodium_allocarray(cap, KEYS_KEY_LEN);
-		if (!keys)
+		if (!ids || !keys) {
+			sodium_free(ids);
+			sodium_free(keys);
 			return err_set(e, -ENOMEM, "keys: out of secure memory");
-		if (r->n)
+		}
+		if (r->n) {
+			memcpy(ids, r->ids, r->n * sizeof(*ids));
 			memcpy(keys, r->keys, r->n * KEYS_KEY_LEN);
+		}
+		sodium_free(r->ids);
 		sodium_free(r->keys);
+		r->ids = ids;
 		r->keys = keys;
 		r->cap = cap;
 	}
