@@ -17,7 +17,8 @@
  *     from one session never authenticate in another (replay).
  *  4. A frame's length is checked against WIRE_MAX_FRAME (WIRE_MAX_FIRST
  *     before authentication) and the caller's capacity before anything is
- *     allocated or read for it.
+ *     allocated or read for it; its buffer then grows only as its bytes
+ *     arrive (doubling from WIRE_GROW_STEP).
  *  5. Once a message fails (authentication, framing, I/O), the connection
  *     stays failed: every later call returns the same error. A timeout is
  *     not a failure: a partly read frame is kept and the next wire_recv
@@ -53,6 +54,7 @@
 #define WIRE_KEY_LEN crypto_secretstream_xchacha20poly1305_KEYBYTES
 #define WIRE_SEND_TIMEOUT_MS 30000
 #define WIRE_ID_LEN (2 * WIRE_PK_LEN)   /* identity file: sk || pk */
+#define WIRE_GROW_STEP (64u << 10)      /* first step of a frame buffer */
 
 /* Session secrets, kept together in guarded memory. */
 struct wire_secrets {
@@ -622,13 +624,24 @@ static ssize_t frame_read(struct wire_conn *c, size_t max, size_t cap,
 		if (c->clen - WIRE_ABYTES - 1 > cap)
 			return err_set(e, -EMSGSIZE, "wire: message of %u bytes over %zu",
 				       c->clen - (uint32_t)WIRE_ABYTES - 1, cap);
-		if (grow(&c->cbuf, &c->ccap, c->clen) < 0 ||
-		    grow(&c->pbuf, &c->pcap, c->clen) < 0)
-			return err_set(e, -ENOMEM, "wire: out of memory");
 	}
-	r = io_read(c->fd, c->cbuf, c->clen, &c->c_got, deadline);
-	if (r < 0)
-		return r;
+	/* The buffer grows with the bytes that came, not with the length the
+	 * peer announced, so a peer that announces a large frame and sends
+	 * little of it holds little memory (invariant 4). */
+	while (c->c_got < c->clen) {
+		size_t want = c->ccap > c->c_got ? c->ccap :
+			c->c_got + (c->ccap > WIRE_GROW_STEP ? c->ccap : WIRE_GROW_STEP);
+
+		if (want > c->clen)
+			want = c->clen;
+		if (grow(&c->cbuf, &c->ccap, want) < 0)
+			return err_set(e, -ENOMEM, "wire: out of memory");
+		r = io_read(c->fd, c->cbuf, want, &c->c_got, deadline);
+		if (r < 0)
+			return r;
+	}
+	if (grow(&c->pbuf, &c->pcap, c->clen) < 0)
+		return err_set(e, -ENOMEM, "wire: out of memory");
 	c->len_got = 0;
 	c->c_got = 0;
 	if (crypto_secretstream_xchacha20poly1305_pull(&c->s->rx, c->pbuf, &plen, tag,

@@ -25,6 +25,15 @@
  *     need them.
  *  5. SIGTERM/SIGINT: no new connections; every session is shut down, syncs
  *     what it appended and ends; the journal closes cleanly.
+ *  6. Peers cannot hold the service: a handshake (hello, key proof, HELLO)
+ *     must end within --handshake-timeout, a session must send a message
+ *     within --idle-timeout; at most --max-handshakes connections are in
+ *     the handshake at once and at most --max-conns in all, and a new
+ *     connection that finds either full evicts the oldest one still in its
+ *     handshake after SERVE_EVICT_AGE_MS (a sender's handshake takes a
+ *     round trip or two; a half-open or slow peer's never ends), so
+ *     unproven peers cannot lock senders out for long.
+ *     Every refusal and abnormal end is logged with its reason and counted.
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -54,14 +63,43 @@
 #define SERVE_DEFAULT_CONNS 64
 #define SERVE_MAX_CONNS 4096
 #define SERVE_MAX_ALLOW 4096
-#define SERVE_HANDSHAKE_MS 10000
-#define SERVE_IDLE_MS 600000        /* a silent sender is dropped after this */
+#define SERVE_HANDSHAKE_S 10        /* --handshake-timeout default */
+#define SERVE_IDLE_S 600            /* --idle-timeout default */
+#define SERVE_MAX_TIMEOUT_S 86400
+#define SERVE_DEFAULT_HANDSHAKES 32 /* --max-handshakes default */
+#define SERVE_EVICT_AGE_MS 1000     /* a handshake this old may be evicted */
 #define SERVE_TAKEOVER_MS 15000
 #define SERVE_BATCH_RECORDS 256     /* records per sync at most */
 #define SERVE_BATCH_BYTES (64u << 20)
 #define SERVE_REC_CAP ((size_t)REC_HDR_LEN + REC_MAX_PAYLOAD)
 
 int ingest_serve(int argc, char **argv);
+
+/* Why a peer was refused or a session ended early (invariant 6). */
+enum serve_reason {
+	SERVE_R_UNKNOWN_KEY,
+	SERVE_R_GARBAGE,
+	SERVE_R_HANDSHAKE_TIMEOUT,
+	SERVE_R_WENT_AWAY,
+	SERVE_R_AUTH_FAILED,
+	SERVE_R_OVERSIZE,
+	SERVE_R_VERSION,
+	SERVE_R_EVICTED,
+	SERVE_R_MAX_CONNS,
+	SERVE_R_IDLE,
+	SERVE_R_PROTOCOL,
+	SERVE_R_QUOTA,
+	SERVE_R_TAKEN_OVER,
+	SERVE_R_SENDER_ERROR,
+	SERVE_R_ERROR,
+	SERVE_R_COUNT
+};
+
+static const char *const serve_reason_names[SERVE_R_COUNT] = {
+	"unknown-key", "garbage", "handshake-timeout", "went-away", "auth-failed",
+	"oversize", "version", "evicted", "max-conns", "idle-timeout", "protocol",
+	"quota", "taken-over", "sender-error", "error",
+};
 
 struct serve_opts {
 	const char *journal;
@@ -71,6 +109,9 @@ struct serve_opts {
 	uint64_t max_journal;   /* 0: unlimited */
 	uint64_t max_sender;
 	unsigned max_conns;
+	unsigned max_handshakes;
+	int handshake_ms;
+	int idle_ms;
 	int json;
 	int print_key;
 	int verify;
@@ -85,6 +126,10 @@ struct serve_conn {
 	struct wire_conn *w;    /* set once the handshake passed */
 	int64_t stream;         /* owned stream (invariant 2), 0: none */
 	int done;               /* the thread has finished */
+	int admitted;           /* through the handshake and HELLO */
+	int evicted;            /* shut down to make room (invariant 6) */
+	int taken;              /* shut down by a newer connection (invariant 2) */
+	uint64_t born_ns;
 	unsigned long no;
 	char addr[INET6_ADDRSTRLEN + 8];
 	struct serve_conn *next;
@@ -101,7 +146,10 @@ struct serve {
 	unsigned nconns;
 	unsigned long next_no;
 	atomic_int stopping;
+	atomic_ulong counts[SERVE_R_COUNT];  /* by enum serve_reason */
+	atomic_ulong sessions;
 };
+
 
 static int serve_sig_pipe[2] = { -1, -1 };
 
@@ -135,28 +183,37 @@ static void serve_help(void)
 	       "  --max-journal SIZE  refuse records past this journal size\n"
 	       "  --max-sender SIZE   refuse records past this size per sender\n"
 	       "  --max-conns N       concurrent connections (default %d)\n"
+	       "  --max-handshakes N  connections still in the handshake (default %d);\n"
+	       "                      when full, the oldest is dropped for a new one\n"
+	       "  --handshake-timeout S  drop a peer not through the handshake and HELLO\n"
+	       "                      within S seconds (default %d)\n"
+	       "  --idle-timeout S    drop a session silent for S seconds (default %d)\n"
 	       "  --json              events as JSON lines on stdout\n"
 	       "  --print-key         print the service's public key and exit\n"
 	       "  --verify            check every stored record keylessly (header,\n"
 	       "                      sequence, chain against the index) and exit\n"
-	       "  --help              this text\n", SERVE_DEFAULT_CONNS);
+	       "  --help              this text\n", SERVE_DEFAULT_CONNS,
+	       SERVE_DEFAULT_HANDSHAKES, SERVE_HANDSHAKE_S, SERVE_IDLE_S);
 }
 
 /* ---- events: one line each ---- */
 
-static void serve_event(struct serve *sv, const char *event, unsigned long no,
-			const char *addr, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
+static void serve_vevent(struct serve *sv, const char *event, int reason,
+			 unsigned long no, const char *addr, json_t *extra, const char *fmt,
+			 va_list ap) __attribute__((format(printf, 7, 0)));
 
-static void serve_event(struct serve *sv, const char *event, unsigned long no,
-			const char *addr, const char *fmt, ...)
+/* One event; reason >= 0 names (and counts) a refusal or an early end. */
+static void serve_vevent(struct serve *sv, const char *event, int reason,
+			 unsigned long no, const char *addr, json_t *extra, const char *fmt,
+			 va_list ap)
 {
-	char msg[1024], ts[32];
-	va_list ap;
+	char msg[1024], ts[32], why[48] = "";
 
-	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
+	if (reason >= 0 && reason < SERVE_R_COUNT) {
+		atomic_fetch_add(&sv->counts[reason], 1);
+		snprintf(why, sizeof(why), " (%s)", serve_reason_names[reason]);
+	}
 	pthread_mutex_lock(&sv->log_mu);
 	if (sv->o->json) {
 		json_t *o = json_object();
@@ -166,18 +223,95 @@ static void serve_event(struct serve *sv, const char *event, unsigned long no,
 			json_object_set_new(o, "conn", json_integer((json_int_t)no));
 		if (addr)
 			json_object_set_new(o, "peer", json_string(addr));
+		if (why[0])
+			json_object_set_new(o, "reason",
+					    json_string(serve_reason_names[reason]));
 		json_object_set_new(o, "message", json_string(msg));
+		if (extra)
+			json_object_update(o, extra);
 		cli_json_emit(o);
 	} else {
 		util_fmt_time(util_wall_s(), ts, sizeof(ts));
 		if (no)
-			fprintf(stderr, "%s " INGEST_PROG " serve: conn %lu %s: %s: %s\n", ts,
-				no, addr ? addr : "", event, msg);
+			fprintf(stderr, "%s " INGEST_PROG " serve: conn %lu %s: %s%s: %s\n", ts,
+				no, addr ? addr : "", event, why, msg);
 		else
-			fprintf(stderr, "%s " INGEST_PROG " serve: %s: %s\n", ts, event, msg);
+			fprintf(stderr, "%s " INGEST_PROG " serve: %s%s: %s\n", ts, event, why,
+				msg);
 		fflush(stderr);
 	}
 	pthread_mutex_unlock(&sv->log_mu);
+	json_decref(extra);
+}
+
+static void serve_event(struct serve *sv, const char *event, unsigned long no,
+			const char *addr, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+
+static void serve_event(struct serve *sv, const char *event, unsigned long no,
+			const char *addr, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	serve_vevent(sv, event, -1, no, addr, NULL, fmt, ap);
+	va_end(ap);
+}
+
+static void serve_event_why(struct serve *sv, const char *event, int reason,
+			    unsigned long no, const char *addr, const char *fmt, ...)
+	__attribute__((format(printf, 6, 7)));
+
+static void serve_event_why(struct serve *sv, const char *event, int reason,
+			    unsigned long no, const char *addr, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	serve_vevent(sv, event, reason, no, addr, NULL, fmt, ap);
+	va_end(ap);
+}
+
+static void serve_event_stats(struct serve *sv, const char *event, json_t *extra,
+			      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void serve_event_stats(struct serve *sv, const char *event, json_t *extra,
+			      const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	serve_vevent(sv, event, -1, 0, NULL, extra, fmt, ap);
+	va_end(ap);
+}
+
+/*
+ * The counts so far as one event ("stats" on SIGUSR1, "stopped" at the
+ * end): sessions admitted, and refusals and early ends by reason.
+ */
+static void serve_stats_event(struct serve *sv, const char *event, const char *what)
+{
+	json_t *extra = json_object(), *by = json_object();
+	char text[768];
+	size_t used = 0;
+	unsigned long n;
+	int i;
+
+	text[0] = 0;
+	for (i = 0; i < SERVE_R_COUNT; i++) {
+		n = atomic_load(&sv->counts[i]);
+		if (!n)
+			continue;
+		json_object_set_new(by, serve_reason_names[i], json_integer((json_int_t)n));
+		if (used < sizeof(text))
+			used += (size_t)snprintf(text + used, sizeof(text) - used, " %s=%lu",
+						 serve_reason_names[i], n);
+	}
+	json_object_set_new(extra, "sessions",
+			    json_integer((json_int_t)atomic_load(&sv->sessions)));
+	json_object_set_new(extra, "rejected", by);
+	serve_event_stats(sv, event, extra, "%s; %lu sessions; refused or ended early:%s",
+			  what, atomic_load(&sv->sessions), text[0] ? text : " none");
 }
 
 /* ---- options ---- */
@@ -247,7 +381,8 @@ out:
 static int serve_parse(int argc, char **argv, struct serve_opts *o)
 {
 	enum { OPT_JOURNAL = 256, OPT_LISTEN, OPT_ALLOW, OPT_ALLOW_FILE, OPT_MAX_JOURNAL,
-	       OPT_MAX_SENDER, OPT_MAX_CONNS, OPT_JSON, OPT_PRINT_KEY, OPT_VERIFY, OPT_HELP };
+	       OPT_MAX_SENDER, OPT_MAX_CONNS, OPT_JSON, OPT_PRINT_KEY, OPT_VERIFY, OPT_HELP,
+	       OPT_MAX_HANDSHAKES, OPT_HANDSHAKE_TIMEOUT, OPT_IDLE_TIMEOUT };
 	static const struct option longopts[] = {
 		{ "journal", required_argument, NULL, OPT_JOURNAL },
 		{ "listen", required_argument, NULL, OPT_LISTEN },
@@ -256,6 +391,9 @@ static int serve_parse(int argc, char **argv, struct serve_opts *o)
 		{ "max-journal", required_argument, NULL, OPT_MAX_JOURNAL },
 		{ "max-sender", required_argument, NULL, OPT_MAX_SENDER },
 		{ "max-conns", required_argument, NULL, OPT_MAX_CONNS },
+		{ "max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES },
+		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
+		{ "idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "print-key", no_argument, NULL, OPT_PRINT_KEY },
 		{ "verify", no_argument, NULL, OPT_VERIFY },
@@ -268,6 +406,9 @@ static int serve_parse(int argc, char **argv, struct serve_opts *o)
 
 	o->listen = SERVE_DEFAULT_LISTEN;
 	o->max_conns = SERVE_DEFAULT_CONNS;
+	o->max_handshakes = SERVE_DEFAULT_HANDSHAKES;
+	o->handshake_ms = SERVE_HANDSHAKE_S * 1000;
+	o->idle_ms = SERVE_IDLE_S * 1000;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
 		switch (c) {
@@ -298,6 +439,21 @@ static int serve_parse(int argc, char **argv, struct serve_opts *o)
 				return -ingest_usage_error(SERVE_CMD, "--max-conns: 1 to %d",
 							   SERVE_MAX_CONNS);
 			o->max_conns = (unsigned)v;
+			break;
+		case OPT_MAX_HANDSHAKES:
+			if (util_parse_u64(optarg, 1, SERVE_MAX_CONNS, &v) < 0)
+				return -ingest_usage_error(SERVE_CMD, "--max-handshakes: 1 to %d",
+							   SERVE_MAX_CONNS);
+			o->max_handshakes = (unsigned)v;
+			break;
+		case OPT_HANDSHAKE_TIMEOUT:
+		case OPT_IDLE_TIMEOUT:
+			if (util_parse_u64(optarg, 1, SERVE_MAX_TIMEOUT_S, &v) < 0)
+				return -ingest_usage_error(SERVE_CMD, "--%s: 1 to %d seconds",
+							   c == OPT_IDLE_TIMEOUT ? "idle-timeout" :
+							   "handshake-timeout", SERVE_MAX_TIMEOUT_S);
+			*(c == OPT_IDLE_TIMEOUT ? &o->idle_ms : &o->handshake_ms) =
+				(int)v * 1000;
 			break;
 		case OPT_JSON:
 			o->json = 1;
@@ -403,6 +559,7 @@ static int serve_take_stream(struct serve_conn *c, int64_t stream, struct err *e
 		for (o = sv->conns; o; o = o->next)
 			if (o != c && o->stream == stream) {
 				busy = 1;
+				o->taken = 1;
 				wire_shutdown(o->w);
 			}
 		if (!busy)
@@ -431,7 +588,7 @@ static int serve_session(struct serve_conn *c, uint8_t *buf, const uint8_t pk[WI
 	size_t len, nrep = 0, i;
 	int r;
 
-	r = wire_recv(c->w, &type, buf, SERVE_REC_CAP, &len, SERVE_HANDSHAKE_MS, e);
+	r = wire_recv(c->w, &type, buf, SERVE_REC_CAP, &len, sv->o->handshake_ms, e);
 	if (r < 0)
 		return r;
 	if (type != WIRE_HELLO) {
@@ -459,6 +616,7 @@ static int serve_session(struct serve_conn *c, uint8_t *buf, const uint8_t pk[WI
 		serve_send_error(c, e->msg);
 		goto out;
 	}
+	atomic_fetch_add(&sv->sessions, 1);
 	serve_event(sv, "session", c->no, c->addr, "key %.16s drive %s: resume after %llu%s",
 		    key, uuid, (unsigned long long)st.last_seq,
 		    nrep ? " (repair requested)" : "");
@@ -487,7 +645,10 @@ static int serve_session(struct serve_conn *c, uint8_t *buf, const uint8_t pk[WI
 	}
 
 	for (;;) {
-		r = wire_recv(c->w, &type, buf, SERVE_REC_CAP, &len, SERVE_IDLE_MS, e);
+		r = wire_recv(c->w, &type, buf, SERVE_REC_CAP, &len, sv->o->idle_ms, e);
+		if (r == -ETIMEDOUT)
+			r = err_set(e, -ETIMEDOUT, "no message for %d s (--idle-timeout)",
+				    sv->o->idle_ms / 1000);
 		if (r == -EMSGSIZE || r == -EPROTO)
 			goto flush_proto;   /* the peer may still read why */
 		if (r < 0)
@@ -570,6 +731,63 @@ out:
 	return r;
 }
 
+/* Logs and counts a peer the handshake refused, by reason (invariant 6). */
+static void serve_refused(struct serve_conn *c, int r, const struct err *e)
+{
+	struct serve *sv = c->sv;
+	int evicted, why;
+
+	pthread_mutex_lock(&sv->mu);
+	evicted = c->evicted;
+	pthread_mutex_unlock(&sv->mu);
+	switch (r) {
+	case -EPERM: why = SERVE_R_UNKNOWN_KEY; break;
+	case -EPROTO: why = SERVE_R_GARBAGE; break;
+	case -ETIMEDOUT: why = SERVE_R_HANDSHAKE_TIMEOUT; break;
+	case -EBADMSG: why = SERVE_R_AUTH_FAILED; break;
+	case -EMSGSIZE: why = SERVE_R_OVERSIZE; break;
+	case -EPROTONOSUPPORT: why = SERVE_R_VERSION; break;
+	case -ECONNRESET: why = SERVE_R_WENT_AWAY; break;
+	default: why = SERVE_R_ERROR; break;
+	}
+	if (evicted)
+		serve_event_why(sv, "refused", SERVE_R_EVICTED, c->no, c->addr,
+				"dropped in its handshake to make room for a new connection "
+				"(--max-handshakes %u, --max-conns %u)", sv->o->max_handshakes,
+				sv->o->max_conns);
+	else if (r == -ETIMEDOUT)
+		serve_event_why(sv, "refused", why, c->no, c->addr,
+				"handshake not done in %d s (--handshake-timeout)",
+				sv->o->handshake_ms / 1000);
+	else
+		serve_event_why(sv, r == -EPERM ? "refused" : "handshake-failed", why, c->no,
+				c->addr, "%s", e->msg);
+}
+
+/* Why an admitted session ended early. */
+static int serve_session_reason(struct serve_conn *c, int r)
+{
+	int taken;
+
+	pthread_mutex_lock(&c->sv->mu);
+	taken = c->taken;
+	pthread_mutex_unlock(&c->sv->mu);
+	if (taken)
+		return SERVE_R_TAKEN_OVER;
+	switch (r) {
+	case -ETIMEDOUT: return SERVE_R_IDLE;
+	case -EMSGSIZE: return SERVE_R_OVERSIZE;
+	case -EPROTO: return SERVE_R_PROTOCOL;
+	case -EBADMSG: return SERVE_R_AUTH_FAILED;
+	case -ENOSPC:
+	case -EDQUOT: return SERVE_R_QUOTA;
+	case -ECONNRESET:
+	case -EPIPE: return SERVE_R_WENT_AWAY;
+	case -ECONNABORTED: return SERVE_R_SENDER_ERROR;
+	default: return SERVE_R_ERROR;
+	}
+}
+
 static void *serve_conn_main(void *arg)
 {
 	struct serve_conn *c = arg;
@@ -587,15 +805,15 @@ static void *serve_conn_main(void *arg)
 		serve_event(sv, "error", c->no, c->addr, "dup: %s", strerror(errno));
 		goto out;
 	}
-	r = wire_accept(fd, sv->id, serve_allowed, sv, SERVE_HANDSHAKE_MS, &w, pk, &e);
+	r = wire_accept(fd, sv->id, serve_allowed, sv, sv->o->handshake_ms, &w, pk, &e);
 	if (r < 0) {
-		serve_event(sv, r == -EPERM ? "refused" : "handshake-failed", c->no, c->addr,
-			    "%s", e.msg);
+		serve_refused(c, r, &e);
 		goto out;
 	}
 	wire_key_format(pk, key);
 	pthread_mutex_lock(&sv->mu);
 	c->w = w;
+	c->admitted = 1;
 	pthread_mutex_unlock(&sv->mu);
 	buf = malloc(SERVE_REC_CAP);
 	if (!buf) {
@@ -604,9 +822,10 @@ static void *serve_conn_main(void *arg)
 	}
 	err_clear(&e);
 	r = serve_session(c, buf, pk, key, &nrec, &nbytes, &e);
-	serve_event(sv, r < 0 ? "closed" : "done", c->no, c->addr,
-		    "key %.16s: %llu records, %llu bytes%s%s", key, (unsigned long long)nrec,
-		    (unsigned long long)nbytes, r < 0 ? ": " : "", r < 0 ? e.msg : "");
+	serve_event_why(sv, r < 0 ? "closed" : "done", r < 0 ? serve_session_reason(c, r) : -1,
+			c->no, c->addr, "key %.16s: %llu records, %llu bytes%s%s", key,
+			(unsigned long long)nrec, (unsigned long long)nbytes, r < 0 ? ": " : "",
+			r < 0 ? e.msg : "");
 out:
 	pthread_mutex_lock(&sv->mu);
 	c->stream = 0;
@@ -719,8 +938,57 @@ static void serve_peer_name(const struct sockaddr_storage *ss, char *out, size_t
 	}
 }
 
+/*
+ * Room for one more connection (invariant 6): when the live connections
+ * reach --max-conns or those in their handshake reach --max-handshakes,
+ * the oldest still in its handshake is shut down (its thread logs it) if
+ * it began SERVE_EVICT_AGE_MS ago or more. -EBUSY when there is no room
+ * (the new connection is refused). sv->mu held.
+ */
+static int serve_make_room(struct serve *sv)
+{
+	struct serve_conn *c, *oldest = NULL;
+	unsigned live = 0, pending = 0;
+
+	for (c = sv->conns; c; c = c->next) {
+		if (c->done || c->evicted)
+			continue;
+		live++;
+		if (c->admitted)
+			continue;
+		pending++;
+		if (!oldest || c->born_ns < oldest->born_ns)
+			oldest = c;
+	}
+	if (live < sv->o->max_conns && pending < sv->o->max_handshakes)
+		return 0;
+	if (!oldest || util_now_ns() - oldest->born_ns < SERVE_EVICT_AGE_MS * 1000000ull)
+		return -EBUSY;
+	oldest->evicted = 1;
+	shutdown(oldest->fd, SHUT_RDWR);
+	return 0;
+}
+
+/* Reads the signal pipe: 1 to stop, 0 to go on (SIGUSR1: the counts). */
+static int serve_on_pipe(struct serve *sv)
+{
+	char sigs[16];
+	ssize_t n, i;
+	int stop = 0;
+
+	while ((n = read(serve_sig_pipe[0], sigs, sizeof(sigs))) > 0)
+		for (i = 0; i < n; i++) {
+			if (sigs[i] == SIGUSR1)
+				serve_stats_event(sv, "stats", "running");
+			else
+				stop = 1;
+		}
+	return stop;
+}
+
 static int serve_loop(struct serve *sv, int lfd, struct err *e)
 {
+	uint64_t accept_err_ns = 0;
 	struct pollfd p[2];
 	struct sockaddr_storage ss;
 	struct serve_conn *c;
@@ -737,21 +1005,34 @@ static int serve_loop(struct serve *sv, int lfd, struct err *e)
 		serve_reap(sv, 0);
 		if (n < 0 && errno != EINTR)
 			return err_set(e, -errno, "poll: %s", strerror(errno));
-		if (n > 0 && p[1].revents)
+		if (n > 0 && p[1].revents && serve_on_pipe(sv))
 			return 0;
 		if (n <= 0 || !p[0].revents)
 			continue;
 		sl = sizeof(ss);
 		fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
-		if (fd < 0)
+		if (fd < 0) {
+			/* Out of descriptors or memory: say so once a second and
+			 * let the backlog wait instead of spinning on it. */
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM) {
+				if (util_now_ns() - accept_err_ns > 1000000000ull) {
+					accept_err_ns = util_now_ns();
+					serve_event_why(sv, "refused", SERVE_R_ERROR, 0, NULL,
+							"accept: %s", strerror(errno));
+				}
+				poll(NULL, 0, 100);
+			}
 			continue;
+		}
 		serve_peer_name(&ss, addr, sizeof(addr));
 		pthread_mutex_lock(&sv->mu);
-		n = sv->nconns >= sv->o->max_conns;
+		n = serve_make_room(sv);
 		pthread_mutex_unlock(&sv->mu);
-		if (n) {
-			serve_event(sv, "refused", 0, NULL, "%s: --max-conns %u reached", addr,
-				    sv->o->max_conns);
+		if (n < 0) {
+			serve_event_why(sv, "refused", SERVE_R_MAX_CONNS, 0, NULL,
+					"%s: --max-conns %u or --max-handshakes %u reached", addr,
+					sv->o->max_conns, sv->o->max_handshakes);
 			close(fd);
 			continue;
 		}
@@ -763,6 +1044,7 @@ static int serve_loop(struct serve *sv, int lfd, struct err *e)
 		c->sv = sv;
 		c->fd = fd;
 		c->no = ++sv->next_no;
+		c->born_ns = util_now_ns();
 		memcpy(c->addr, addr, sizeof(c->addr));
 		pthread_mutex_lock(&sv->mu);
 		c->next = sv->conns;
@@ -859,6 +1141,7 @@ int ingest_serve(int argc, char **argv)
 	sa.sa_handler = serve_on_signal;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
 	r = journal_open(o.journal, JOURNAL_WRITE | JOURNAL_CREATE, &sv.j, &e);
@@ -893,7 +1176,7 @@ int ingest_serve(int argc, char **argv)
 	r = journal_sync(sv.j, &e);
 	if (r < 0)
 		goto out;
-	serve_event(&sv, "stopped", 0, NULL, "clean shutdown");
+	serve_stats_event(&sv, "stopped", "clean shutdown");
 	status = INGEST_EXIT_OK;
 out:
 	if (status != INGEST_EXIT_OK)
