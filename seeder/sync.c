@@ -82,7 +82,7 @@ int seed_sync_main(int argc, char **argv);
 #define SYNC_MAX_SLOTS 64u
 #define SYNC_CONNECT_MS 10000
 #define SYNC_RECV_MS 60000
-#define SYNC_ATTEMPTS 8                      /* reconnects per pass */
+#define SYNC_ATTEMPTS 8                      /* reconnects without progress */
 #define SYNC_DRAIN_MS 60000                  /* waiting for acks when stopping */
 #define SYNC_MAX_DISKS 1024
 #define SYNC_MAX_SOURCES 64
@@ -771,6 +771,10 @@ static int sync_handle(struct sync_ctx *x, uint8_t type, const uint8_t *body,
 				       " were outstanding", (unsigned long long)seq,
 				       (unsigned long long)x->acked + 1,
 				       (unsigned long long)x->next_seq - 1);
+		/* Progress: a link that keeps breaking but moves data is not
+		 * given up on (SYNC_ATTEMPTS counts reconnects without it). */
+		if (seq > x->acked)
+			x->attempts = 0;
 		x->acked = seq;
 		win_drop(x, seq);
 		return 0;
@@ -929,7 +933,7 @@ fail:
 	return rc;
 }
 
-/* Reconnects with a backoff, within SYNC_ATTEMPTS per pass. */
+/* Reconnects with a backoff, within SYNC_ATTEMPTS since the last ACK. */
 static int sync_reconnect(struct sync_ctx *x, int why, struct err *e)
 {
 	char first[ERR_MSG_MAX];
