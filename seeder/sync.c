@@ -204,6 +204,7 @@ struct sync_ctx {
 	uint8_t server_pk[WIRE_PK_LEN];
 	struct wire_conn *conn;
 	int attempts;
+	uint64_t reconnects;      /* sessions resumed after a lost link, this pass */
 	/* chain and generation */
 	uint64_t next_seq;
 	uint8_t link[REC_DIGEST_LEN];
@@ -952,8 +953,10 @@ static int sync_reconnect(struct sync_ctx *x, int why, struct err *e)
 		nanosleep(&ts, NULL);
 		err_clear(e);
 		rc = sync_connect(x, e);
-		if (rc == 0)
+		if (rc == 0) {
+			x->reconnects++;
 			return 0;
+		}
 		if (!sync_retryable(rc))
 			return rc;
 		snprintf(first, sizeof(first), "%s", e->msg);
@@ -2046,6 +2049,7 @@ static void pass_report(struct sync_ctx *x, int ok, const char *error, uint64_t 
 		json_object_set_new(o, "sent_bytes", json_integer((json_int_t)sent));
 		json_object_set_new(o, "acked_seq", json_integer((json_int_t)x->acked));
 		json_object_set_new(o, "repair_ranges", json_integer((json_int_t)x->repairs));
+		json_object_set_new(o, "reconnects", json_integer((json_int_t)x->reconnects));
 		json_object_set_new(o, "seconds", json_real((double)ns / 1e9));
 		json_object_set_new(o, "final", json_boolean(x->final));
 		for (i = 0; i < x->ndisks; i++)
@@ -2131,6 +2135,7 @@ static int sync_pass(struct sync_ctx *x, struct err *e)
 	int rc;
 
 	x->attempts = 0;
+	x->reconnects = 0;
 	x->pass_sent = 0;
 	rc = sync_gen_begin(x, e);
 	for (i = 0; rc == 0 && i < x->ndisks; i++) {
