@@ -690,6 +690,8 @@ static int serve_session(struct serve_conn *c, uint8_t *buf, const uint8_t pk[WI
 			r = journal_append(sv->j, c->stream, buf, len, e);
 		}
 		pthread_mutex_unlock(&sv->mu);
+		if (r == -EBADMSG)
+			r = -EPROTO;   /* a record the journal refuses: logged as protocol */
 		if (r < 0)
 			goto flush_proto;
 		pending++;
