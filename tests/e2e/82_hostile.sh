@@ -132,9 +132,9 @@ python3 - "$src" <<'EOF'
 import os, random, sys
 rnd = random.Random(82)
 with open(sys.argv[1], "r+b") as f:
-    for _ in range(40):
-        f.seek(rnd.randrange(0, 32 * 1024 * 1024 // 4096) * 4096)
-        f.write(os.urandom(4096))
+    for _ in range(48):   # 3 MiB of new data: enough for every cut
+        f.seek(rnd.randrange(0, 32 * 1024 * 1024 // 65536) * 65536)
+        f.write(os.urandom(65536))
 EOF
 timeout 100 "$SEED" sync --state "$T/seed" --to "127.0.0.1:$PPORT" --server-key "$SKEY" \
 	--key-file "$K" --once --json >"$T/sync.json" 2>"$T/sync.err" &
