@@ -18,6 +18,8 @@
 # what is left.
 # shellcheck source=tests/e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=tests/e2e/serve_lib.sh
+. "$FERRY_SRC/tests/e2e/serve_lib.sh"
 
 read -r -a KDF <<<"$fast_kdf"
 MiB=$((1 << 20))
@@ -363,6 +365,33 @@ if [ "${flips:-0}" -ge 1 ] && [[ "$out" =~ ^[0-9]+\ records\ verified$ ]]; then
 else
 	not_ok "flipped bytes are refused, never stored" "flipped ${flips:-?}" "$out"
 fi
+
+# --- the reasons in --json ---------------------------------------------------------------
+J2=$T/journal2
+"$INGEST" serve --journal "$J2" --listen 127.0.0.1:0 --allow-file "$T/allow" --json \
+	--handshake-timeout 1 >"$T/serve.json" 2>"$T/serve2.err" &
+SRV_PID=$!
+JPORT=
+for _ in $(seq 100); do
+	JPORT=$(sed -n 's/.*"message": *"127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/serve.json")
+	[ -n "$JPORT" ] && break
+	sleep 0.05
+done
+timeout 20 "$PEER" --to "127.0.0.1:$JPORT" --hold 5 --mode hello --count 2 \
+	--identity "$T/x.id" >/dev/null 2>&1
+timeout 20 "$PEER" --to "127.0.0.1:$JPORT" --hold 5 --mode garbage --count 1 >/dev/null 2>&1
+timeout 20 "$PEER" --to "127.0.0.1:$JPORT" --hold 5 --mode silent --count 1 >/dev/null 2>&1
+stop_pid "$SRV_PID"
+SRV_PID=
+got=$(python3 -c '
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+refused = sorted(e["reason"] for e in ev if "reason" in e)
+stop = [e for e in ev if e["event"] == "stopped"]
+print(" ".join(refused), "|", json.dumps(stop[0]["rejected"], sort_keys=True) if stop else "no stopped event")
+' "$T/serve.json" 2>&1)
+eq "--json: each refusal has its reason, and the stopped event counts them" "$got" \
+	'garbage handshake-timeout unknown-key unknown-key | {"garbage": 1, "handshake-timeout": 1, "unknown-key": 2}'
 
 # --- a slow, lossy link: network namespaces and netem ------------------------------------
 netem_check() {
