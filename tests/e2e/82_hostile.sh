@@ -5,7 +5,8 @@
 # While the real sender (ferry-seed sync) moves a pass through
 # tests/tools/faultproxy (random cuts, a slow split link, its first session
 # captured), ferry-ingest serve is hit at once by 50 admitted senders
-# (tests/tools/wire_client, reconnecting as a real sender does) and by
+# (tests/tools/wire_client, reconnecting as a real sender does; 10 of them
+# through a second proxy that resets each connection 0.1-0.3 s in) and by
 # tests/tools/hostile_peer: half-open peers, garbage, slowloris, an unknown
 # key, oversized frames before and after the handshake, a replay of the
 # captured session, sessions that stop. Then: the target equals the source
@@ -40,6 +41,7 @@ fi
 SRV_PID=
 DOG_PID=
 PX_PID=
+PX2_PID=
 NS=
 VETH=
 
@@ -50,9 +52,11 @@ stop_pid() { # stop_pid PID [SIG]
 }
 stop_all() {
 	stop_pid "$PX_PID"
+	stop_pid "$PX2_PID"
 	stop_pid "$SRV_PID"
 	stop_pid "$DOG_PID" KILL
 	PX_PID=''
+	PX2_PID=''
 	SRV_PID=''
 	DOG_PID=''
 	[ -n "$NS" ] && ip netns del "$NS" 2>/dev/null
@@ -128,6 +132,19 @@ for _ in $(seq 100); do
 	sleep 0.05
 done
 [ -n "$PPORT" ] || not_ok "the fault proxy starts" "$(cat "$T/proxy.out")"
+# A second link, for 10 of the senders: reset (RST) 0.1..0.3 s into each
+# connection, at most 10 times.
+: >"$T/proxy2.out"
+"$PROXY" --listen 127.0.0.1:0 --to "127.0.0.1:$PORT" --seed 83 --lifetime 120 \
+	--cut-ms 100:300 --rst --max-cuts 10 >"$T/proxy2.out" 2>&1 &
+PX2_PID=$!
+P2PORT=
+for _ in $(seq 100); do
+	P2PORT=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$T/proxy2.out")
+	[ -n "$P2PORT" ] && break
+	sleep 0.05
+done
+[ -n "$P2PORT" ] || not_ok "the second fault proxy starts" "$(cat "$T/proxy2.out")"
 
 # --- the attack -----------------------------------------------------------------
 python3 - "$src" <<'EOF'
@@ -165,8 +182,10 @@ OVER_PID=$!
 
 spids=()
 for i in $(seq 1 $NSENDERS); do
-	timeout 60 "$CLIENT" --to "127.0.0.1:$PORT" --server-key "$SKEY" --identity "$T/c$i.id" \
-		--count 20 --size 8192 --retries 8 >"$T/c$i.out" 2>"$T/c$i.err" &
+	via=(--to "127.0.0.1:$PORT")
+	[ "$i" -le 10 ] && via=(--to "127.0.0.1:$P2PORT" --slow 25)
+	timeout 60 "$CLIENT" "${via[@]}" --server-key "$SKEY" --identity "$T/c$i.id" \
+		--count 20 --size 8192 --retries 12 >"$T/c$i.out" 2>"$T/c$i.err" &
 	spids+=($!)
 done
 
@@ -182,11 +201,16 @@ for i in $(seq 1 $NSENDERS); do
 	wait "${spids[$((i - 1))]}" || bad=$((bad + 1))
 	grep -q '^acked 20$' "$T/c$i.out" || bad=$((bad + 1))
 done
-[ "$bad" -eq 0 ] && ok "$NSENDERS concurrent senders under attack: all 20 records of each acknowledged" ||
+stop_pid "$PX2_PID"
+PX2_PID=''
+cuts2=$(sed -n 's/.*cuts=\([0-9]*\).*/\1/p' "$T/proxy2.out")
+[ "${cuts2:-0}" -ge 1 ] || bad=$((bad + 1))
+[ "$bad" -eq 0 ] && ok "$NSENDERS concurrent senders under attack: all 20 records of each acknowledged ($cuts2 resets on the link of 10 of them)" ||
 	not_ok "$NSENDERS concurrent senders under attack" "$bad failures" \
+		"second link: $(cat "$T/proxy2.out")" \
 		"$(for i in $(seq 1 $NSENDERS); do grep -q '^acked 20$' "$T/c$i.out" || tail -n 2 "$T/c$i.out" "$T/c$i.err"; done | head -n 20)"
 reconn=$(cat "$T"/c*.out | sed -n 's/^reconnects //p' | awk '{ s += $1 } END { print s + 0 }')
-diag "the $NSENDERS senders reconnected $reconn times in all (refused while the caps were full)"
+diag "the $NSENDERS senders reconnected $reconn times in all (reset links, or refused while the caps were full)"
 
 wait "$SYNC_PID"
 src_rc=$?
