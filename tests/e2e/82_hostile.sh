@@ -261,7 +261,7 @@ for i in "${!pids[@]}"; do
 done
 [ -z "$fails" ] || not_ok "the second wave ends" "still open:$fails"
 wave2_hwm=$(hwm "$SRV_PID")
-diag "serve VmHWM: at rest $rest_hwm kB, after $((NSENDERS + 1)) senders and 41 attackers" \
+diag "serve VmHWM: at rest $rest_hwm kB, after $((NSENDERS + 1)) senders and 45 attackers" \
 	"$attack_hwm kB, after 132 more attackers $wave2_hwm kB"
 if [ "$attack_hwm" -lt "$RSS_BOUND_KB" ] && [ "$wave2_hwm" -lt "$RSS_BOUND_KB" ]; then
 	ok "serve's peak RSS stays under $((RSS_BOUND_KB / 1024)) MiB ($((wave2_hwm / 1024)) MiB)"
