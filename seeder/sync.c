@@ -80,6 +80,7 @@ int seed_sync_main(int argc, char **argv);
 #define SYNC_STAGE_BYTES (4u << 20)          /* records per pending commit */
 #define SYNC_BATCH_BYTES (4u << 20)          /* chunks read per batch */
 #define SYNC_MAX_SLOTS 64u
+#define SYNC_KEEP_BYTES (64u << 20)          /* changed chunks kept from scan to send */
 #define SYNC_CONNECT_MS 10000
 #define SYNC_RECV_MS 60000
 #define SYNC_ATTEMPTS 8                      /* reconnects without progress */
@@ -145,6 +146,10 @@ struct sync_disk {
 	 * (a repair range touches it) */
 	uint64_t *chg;
 	size_t nchg, capchg;
+	/* changed data chunks as the scan read them, in idx order, so the
+	 * send phase need not read them again (up to SYNC_KEEP_BYTES a pass) */
+	struct kept_chunk *kept;
+	size_t nkept, capkept, kept_next;
 	/* figures of this pass */
 	uint64_t changed_bytes;   /* bytes of changed blocks (whole chunks when unknown) */
 	uint64_t backlog;         /* changed bytes not yet sent */
@@ -168,6 +173,13 @@ struct sync_rec {
 	uint64_t seq;
 	size_t len;
 	uint8_t *buf;
+};
+
+/* A changed chunk's bytes as the scan read them. */
+struct kept_chunk {
+	uint64_t idx;
+	uint32_t len;
+	uint8_t *data;
 };
 
 /* One chunk read in a scan batch. */
@@ -239,6 +251,7 @@ struct sync_ctx {
 	struct progress *prog;
 	uint64_t last_json_ns;
 	uint64_t repairs;         /* REPAIR ranges served */
+	uint64_t kept_bytes;      /* bytes of kept chunks, every disk */
 	struct wire_range *rep;   /* REPAIR ranges received, not merged yet */
 	size_t nrep;
 	uint64_t pass_sent, pass_records, pass_changed;
@@ -1148,6 +1161,58 @@ static int chg_add(struct sync_disk *d, uint64_t idx)
 	return 0;
 }
 
+/* Keeps a copy of a changed chunk the scan read, while the pass's budget lasts. */
+static void keep_chunk(struct sync_ctx *x, struct sync_disk *d, uint64_t idx,
+		       const uint8_t *buf, uint32_t len)
+{
+	uint8_t *copy;
+
+	if (x->kept_bytes + len > SYNC_KEEP_BYTES)
+		return;
+	if (d->nkept == d->capkept) {
+		size_t cap = d->capkept ? d->capkept * 2 : 64;
+		struct kept_chunk *nv = realloc(d->kept, cap * sizeof(*nv));
+
+		if (!nv)
+			return;
+		d->kept = nv;
+		d->capkept = cap;
+	}
+	copy = malloc(len);
+	if (!copy)
+		return;             /* only a missed shortcut: the send reads it */
+	memcpy(copy, buf, len);
+	d->kept[d->nkept].idx = idx;
+	d->kept[d->nkept].len = len;
+	d->kept[d->nkept].data = copy;
+	d->nkept++;
+	x->kept_bytes += len;
+}
+
+/*
+ * The kept bytes of chunk idx, or NULL. The send phase asks in increasing
+ * idx order, as the scan kept them, so a cursor finds them.
+ */
+static const uint8_t *kept_chunk(struct sync_disk *d, uint64_t idx)
+{
+	while (d->kept_next < d->nkept && d->kept[d->kept_next].idx < idx)
+		d->kept_next++;
+	if (d->kept_next < d->nkept && d->kept[d->kept_next].idx == idx)
+		return d->kept[d->kept_next].data;
+	return NULL;
+}
+
+static void kept_free(struct sync_ctx *x, struct sync_disk *d)
+{
+	size_t i;
+
+	for (i = 0; i < d->nkept; i++) {
+		x->kept_bytes -= d->kept[i].len;
+		free(d->kept[i].data);
+	}
+	d->nkept = d->kept_next = 0;
+}
+
 /* The block hashes of buf (len bytes) into out (one per 4 KiB block). */
 static void block_hashes(const struct sync_ctx *x, const uint8_t *buf, uint32_t len,
 			 uint8_t *out)
@@ -1276,6 +1341,7 @@ static int scan_disk(struct sync_ctx *x, struct sync_disk *d,
 	struct root r;
 
 	d->nchg = 0;
+	kept_free(x, d);
 	d->changed_bytes = 0;
 	d->ev.n = 0;
 	rc = img_extents(d->img, 0, d->md.size, ext_collect, &d->ev, e);
@@ -1355,6 +1421,7 @@ static int scan_disk(struct sync_ctx *x, struct sync_disk *d,
 			block_hashes(x, s->buf, s->len, nh);
 			b = diff_bytes(x, &cs, nh, s->len);
 			d->changed_bytes += b ? b : s->len;
+			keep_chunk(x, d, s->idx, s->buf, s->len);
 		}
 		progress_update(x->prog, idx * d->md.chunk_size < d->md.size ?
 				idx * d->md.chunk_size : d->md.size);
@@ -1701,9 +1768,15 @@ static int send_chunk(struct sync_ctx *x, struct sync_disk *d, sqlite3_stmt *st,
 	int rc, zero, whole;
 	uint32_t nrec = 0, last_rec = 0;
 
-	rc = src_read(d, x->cbuf, len, off, e);
-	if (rc < 0)
-		return rc;
+	if (kept_chunk(d, idx)) {
+		/* As the scan read it: a later change is the next pass's. */
+		memcpy(x->cbuf, kept_chunk(d, idx), len);
+		rc = 0;
+	} else {
+		rc = src_read(d, x->cbuf, len, off, e);
+		if (rc < 0)
+			return rc;
+	}
 	zero = rc == 1 || codec_is_zero(x->cbuf, len);
 	rc = chunk_state_get(x, st, d, idx, len, cs, e);
 	if (rc < 0)
@@ -1798,6 +1871,7 @@ static int send_disk(struct sync_ctx *x, struct sync_disk *d, struct err *e)
 
 	d->backlog = d->changed_bytes;
 	d->send_start_ns = util_now_ns();
+	d->kept_next = 0;
 	cs.hashes = malloc((size_t)nblocks(x->max_cs) * SYNC_HASH_LEN);
 	nh = malloc((size_t)nblocks(x->max_cs) * SYNC_HASH_LEN);
 	if (!cs.hashes || !nh) {
@@ -1827,6 +1901,7 @@ static int send_disk(struct sync_ctx *x, struct sync_disk *d, struct err *e)
 	if (rc == 0)
 		d->backlog = 0;
 out:
+	kept_free(x, d);
 	sqlite3_finalize(st);
 	free(cs.hashes);
 	free(nh);
@@ -2449,6 +2524,8 @@ static void sync_free(struct sync_ctx *x)
 		bh_close(x->disks[i].bh);
 		free(x->disks[i].ev.v);
 		free(x->disks[i].chg);
+		kept_free(x, &x->disks[i]);
+		free(x->disks[i].kept);
 	}
 	free(x->disks);
 	for (i = 0; x->slots && i < x->nslots; i++)

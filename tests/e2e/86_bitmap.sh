@@ -170,8 +170,8 @@ else
 	not_ok "bitmap mode reads only dirty chunks" "read_bytes $rb, dirty chunks $want"
 fi
 srb=$(json_pass "$T/s1.json" 'd["source_read_bytes"]')
-if [ "$srb" -le $((want * 22 / 10)) ] 2>/dev/null; then
-	ok "source bytes read in all (scan and send) $srb <= 2.2 x $want"
+if [ "$srb" -le $((want * 11 / 10)) ] 2>/dev/null; then
+	ok "source bytes read in all (scan and send) $srb <= 1.1 x $want"
 else
 	not_ok "source bytes read in all" "source_read_bytes $srb, dirty chunks $want"
 fi
