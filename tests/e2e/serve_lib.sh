@@ -27,11 +27,14 @@ start_server() {
 		--allow "$SENDER" 2>>"$T/serve.log" &
 	SRV_PID=$!
 	PORT=
-	for _ in $(seq 200); do
+	# Up to 30 s: a busy machine can be slow to start it.
+	for _ in $(seq 600); do
 		PORT=$(sed -n 's/.*listening: 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$T/serve.log")
 		[ -n "$PORT" ] && return 0
+		kill -0 "$SRV_PID" 2>/dev/null || break
 		sleep 0.05
 	done
+	diag "serve did not start" "$(tail -n 3 "$T/serve.log")"
 	return 1
 }
 
