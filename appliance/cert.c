@@ -310,9 +310,12 @@ int appliance_verify_cert(int argc, char **argv)
 				       "altered or not signed by its key", path);
 	}
 	if (pubkey && sodium_memcmp(pk, want, sizeof(pk)) != 0) {
+		/* pk_hex lives in cert: say it before letting go of it. */
+		int rc = appliance_failf("%s: signed by %s, not by the given "
+					 "--pubkey", path, pk_hex);
+
 		json_decref(cert);
-		return appliance_failf("%s: signed by %s, not by the given "
-				       "--pubkey", path, pk_hex);
+		return rc;
 	}
 	if (!json_is_true(json_object_get(checks, "no_luks_signature")) ||
 	    !json_is_true(json_object_get(checks, "no_keyslot_openable"))) {
