@@ -843,11 +843,18 @@ static int sync_pump(struct sync_ctx *x, int wait, struct err *e)
 }
 
 /* Errors after which reconnecting may help. */
+/*
+ * Errors a new connection may cure. A damaged frame (a flipped length:
+ * -EPROTO, -EMSGSIZE; flipped bytes: -EBADMSG) is a broken link, not a
+ * broken sender; the attempts are bounded (SYNC_ATTEMPTS without
+ * progress), so a peer that keeps talking nonsense still ends the pass.
+ */
 static int sync_retryable(int rc)
 {
 	return rc == -ECONNRESET || rc == -ECONNREFUSED || rc == -ETIMEDOUT ||
 	       rc == -EPIPE || rc == -ECONNABORTED || rc == -EHOSTUNREACH ||
-	       rc == -ENETUNREACH || rc == -EBADMSG || rc == -EAGAIN;
+	       rc == -ENETUNREACH || rc == -EBADMSG || rc == -EAGAIN ||
+	       rc == -EPROTO || rc == -EMSGSIZE;
 }
 
 /*
