@@ -19,6 +19,13 @@ kill_bg() {
 	[ -n "$child" ] && kill "-$1" $child 2>/dev/null
 	kill "-$1" "$2" 2>/dev/null
 	wait "$2" 2>/dev/null
+	# The program itself is not our child: wait until it is gone (up to
+	# 10 s), or its locks and port may still be held by the next step.
+	for _ in $(seq 200); do
+		# shellcheck disable=SC2086
+		[ -n "$child" ] && kill -0 $child 2>/dev/null || break
+		sleep 0.05
+	done
 }
 
 start_server() {
