@@ -137,11 +137,12 @@ bench: deps-ok
 lint:
 	$(Q)sh tests/lint.sh
 
-# The crash harness for a long while (FERRY_CRASH_ROUNDS rounds, default 300).
+# The crash harnesses (seeding and ingest; the delta service) for a long
+# while (FERRY_CRASH_ROUNDS rounds each, default 300).
 torture: deps-ok
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)FERRY_BUILD=$(CURDIR)/$(B) FERRY_CRASH_ROUNDS=$${FERRY_CRASH_ROUNDS:-300} \
-		sh tests/run.sh e2e/90_crash
+		sh tests/run.sh e2e/90_crash e2e/91_crash_sync
 
 # libFuzzer (clang): every target for FUZZ_SECONDS over a copy of its corpus;
 # new inputs that libFuzzer keeps are left in build-fuzz/corpus/NAME.

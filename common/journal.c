@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "bytes.h"
+#include "fault.h"
 #include "journal.h"
 #include "util.h"
 
@@ -1126,6 +1127,8 @@ int journal_append(struct journal *j, int64_t stream, const uint8_t *rec,
 			s->dirty = 1;
 		return err_set(e, r, "journal: write: %s", strerror(-r));
 	}
+	fault_note_write(s->fd, s->end, len);
+	fault_point("journal.appended");
 	sqlite3_reset(j->ins);
 	sqlite3_bind_int64(j->ins, 1, s->id);
 	sqlite3_bind_int64(j->ins, 2, (sqlite3_int64)h.seq);
@@ -1171,10 +1174,13 @@ int journal_sync(struct journal *j, struct err *e)
 			r = err_set(e, -errno, "journal: sync log: %s", strerror(errno));
 			goto fail;
 		}
+		fault_note_sync(j->s[i].fd);
 	}
+	fault_point("journal.synced");
 	r = db_exec(j, "COMMIT", e);
 	if (r < 0)
 		goto fail;
+	fault_point("journal.committed");
 	j->in_tx = 0;
 	for (i = 0; i < j->n; i++)
 		j->s[i].dirty = 0;

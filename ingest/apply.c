@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "../common/cli.h"
+#include "../common/fault.h"
 #include "../common/codec.h"
 #include "../common/hotrec.h"
 #include "../common/journal.h"
@@ -680,6 +681,7 @@ static int gen_pass(struct apply_ctx *x, const struct journal_stream *s, uint64_
 				goto out;
 			}
 			t->dirty = 1;
+			fault_point("apply.written");
 			if (x->nwr == x->capwr) {
 				size_t cap = x->capwr ? x->capwr * 2 : 1024;
 				struct journal_range *nv = realloc(x->wr, cap * sizeof(*nv));
@@ -862,6 +864,7 @@ static int apply_stream(struct apply_ctx *x, const struct journal_stream *s, str
 				     (unsigned long long)gens[i]);
 		if (rc == 0)
 			rc = apply_flush(x, e);
+		fault_point("apply.flushed");
 		if (rc == 0)
 			rc = applied_set(x, s, seqs[i], gens[i], e);
 		if (rc == 0)

@@ -53,6 +53,7 @@
 #include <unistd.h>
 
 #include "../common/cli.h"
+#include "../common/fault.h"
 #include "../common/journal.h"
 #include "../common/util.h"
 #include "../common/wire.h"
@@ -541,7 +542,9 @@ static int serve_flush(struct serve_conn *c, uint64_t *pending, uint64_t last,
 	if (r < 0)
 		return r;
 	*pending = 0;
-	return wire_send(c->w, WIRE_ACK, body, wire_ack_pack(last, body), e);
+	r = wire_send(c->w, WIRE_ACK, body, wire_ack_pack(last, body), e);
+	fault_point("serve.acked");
+	return r;
 }
 
 /* Takes the stream (invariant 2); called with sv->mu held. */

@@ -59,6 +59,7 @@
 #include "../common/blockhash.h"
 #include "../common/cbt.h"
 #include "../common/cli.h"
+#include "../common/fault.h"
 #include "../common/codec.h"
 #include "../common/hotrec.h"
 #include "../common/keys.h"
@@ -565,6 +566,7 @@ out:
 	sqlite3_finalize(put);
 	sqlite3_finalize(del);
 	sqlite3_finalize(upd);
+	fault_point("sync.before_settle");
 	if (rc == 0)
 		rc = db_exec(x, "COMMIT", e);
 	else
@@ -1020,6 +1022,7 @@ static int sync_flush(struct sync_ctx *x, struct err *e)
 			rc = wire_send(x->conn, WIRE_RECORD, r->buf, r->len, e);
 			if (rc == 0)
 				x->wsent++;
+			fault_point("sync.sent");
 		}
 		if (rc < 0) {
 			if (!sync_retryable(rc))
@@ -2237,6 +2240,10 @@ static int sync_pass(struct sync_ctx *x, struct err *e)
 		rc = sync_reconnect(x, rc, e);
 	if (rc == 0)
 		rc = repair_merge(x, e);
+	/* RESUME may show the generation ended (its end record was durable,
+	 * the ack lost with a crash): the records go into the next one. */
+	if (rc == 0 && x->gen <= x->gen_done)
+		rc = sync_gen_begin(x, e);
 	for (i = 0; rc == 0 && i < x->ndisks; i++) {
 		rc = send_disk(x, &x->disks[i], e);
 		if (rc == 0)
