@@ -875,23 +875,14 @@ int journal_repair_add(struct journal *j, const uint8_t drive[JOURNAL_UUID_LEN],
 	return r;
 }
 
-int journal_repair_list(struct journal *j, const uint8_t drive[JOURNAL_UUID_LEN],
-			size_t max, struct journal_range **out, size_t *n,
-			struct err *e)
+/* The (disk, offset, length) rows a prepared statement yields, in *out. */
+static int ranges_collect(struct journal *j, sqlite3_stmt *st, const char *what,
+			  struct journal_range **out, size_t *n, struct err *e)
 {
 	struct journal_range *v = NULL, *p;
-	sqlite3_stmt *st = NULL;
 	size_t cnt = 0, cap = 0;
 	int r;
 
-	*out = NULL;
-	*n = 0;
-	r = db_prepare(j, "SELECT disk, offset, length FROM repairs WHERE drive = ?"
-		       " ORDER BY disk, offset, length LIMIT ?", &st, e);
-	if (r < 0)
-		return r;
-	sqlite3_bind_blob(st, 1, drive, JOURNAL_UUID_LEN, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, max ? (sqlite3_int64)max : INT64_MAX);
 	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
 		if (cnt == cap) {
 			cap = cap ? 2 * cap : 16;
@@ -908,7 +899,7 @@ int journal_repair_list(struct journal *j, const uint8_t drive[JOURNAL_UUID_LEN]
 		cnt++;
 	}
 	if (r != SQLITE_DONE) {
-		r = db_err(j, -EIO, "list repairs", e);
+		r = db_err(j, -EIO, what, e);
 		goto out;
 	}
 	*out = v;
@@ -916,8 +907,52 @@ int journal_repair_list(struct journal *j, const uint8_t drive[JOURNAL_UUID_LEN]
 	v = NULL;
 	r = 0;
 out:
-	sqlite3_finalize(st);
 	free(v);
+	return r;
+}
+
+int journal_repair_list(struct journal *j, const uint8_t drive[JOURNAL_UUID_LEN],
+			size_t max, struct journal_range **out, size_t *n,
+			struct err *e)
+{
+	sqlite3_stmt *st = NULL;
+	int r;
+
+	*out = NULL;
+	*n = 0;
+	r = db_prepare(j, "SELECT disk, offset, length FROM repairs WHERE drive = ?"
+		       " ORDER BY disk, offset, length LIMIT ?", &st, e);
+	if (r < 0)
+		return r;
+	sqlite3_bind_blob(st, 1, drive, JOURNAL_UUID_LEN, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, max ? (sqlite3_int64)max : INT64_MAX);
+	r = ranges_collect(j, st, "list repairs", out, n, e);
+	sqlite3_finalize(st);
+	return r;
+}
+
+int journal_ranges(struct journal *j, int64_t stream, uint64_t from_seq,
+		   uint64_t to_seq, struct journal_range **out, size_t *n,
+		   struct err *e)
+{
+	sqlite3_stmt *st = NULL;
+	int r;
+
+	*out = NULL;
+	*n = 0;
+	if (from_seq > INT64_MAX || to_seq > INT64_MAX)
+		return err_set(e, -EINVAL, "journal: seq out of range");
+	r = db_prepare(j, "SELECT disk, offset, length FROM records WHERE stream = ?"
+		       " AND seq BETWEEN ? AND ? AND kind != ? AND length > 0"
+		       " ORDER BY disk, offset", &st, e);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, stream);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)from_seq);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)to_seq);
+	sqlite3_bind_int(st, 4, JOURNAL_KIND_GEN_END);
+	r = ranges_collect(j, st, "list record ranges", out, n, e);
+	sqlite3_finalize(st);
 	return r;
 }
 

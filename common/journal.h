@@ -181,6 +181,17 @@ int journal_repair_clear(struct journal *j, const uint8_t drive[JOURNAL_UUID_LEN
 			 const struct journal_range *ranges, size_t n,
 			 struct err *e);
 
+/*
+ * The ranges the index rows of records from_seq..to_seq of a stream name
+ * (data and zeroes records; *out malloc'd, free()), by disk and offset.
+ * They are the index's copies of the headers' fields: what a damaged
+ * generation was meant to change, to ask for again (repair requests), not
+ * to be trusted as data.
+ */
+int journal_ranges(struct journal *j, int64_t stream, uint64_t from_seq,
+		   uint64_t to_seq, struct journal_range **out, size_t *n,
+		   struct err *e);
+
 /* ---- writer side (JOURNAL_WRITE) ---- */
 
 /* The stream of (drive, sender), made when missing. */

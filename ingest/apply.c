@@ -14,7 +14,10 @@
  *
  * Invariants:
  *  1. Nothing of a generation is written unless every one of its records
- *     authenticated in the first pass.
+ *     authenticated in the first pass, and the first pass runs over every
+ *     generation not applied yet before anything of any is written. With
+ *     --quarantine a generation that fails is set aside instead: nothing of
+ *     it is ever written, its ranges become repair requests.
  *  2. hot_applied.last_seq of a stream (table in STATE/UUID/ingest.db)
  *     only moves to the end record of a generation, and only after every
  *     target written was flushed (img_flush); so a generation is applied
@@ -77,6 +80,7 @@ struct apply_opts {
 	const char *site_key;     /* write-only drives */
 	uint64_t interval;        /* --follow polling, seconds */
 	int follow;
+	int quarantine;
 	int json;
 };
 
@@ -108,7 +112,7 @@ struct apply_ctx {
 	struct journal_range *wr;
 	size_t nwr, capwr;
 	/* figures */
-	uint64_t generations, records, written, zeroed, repaired;
+	uint64_t generations, records, written, zeroed, repaired, quarantined;
 	int differs;
 };
 
@@ -133,20 +137,26 @@ static void apply_help(void)
 	       "                 SIGINT or SIGTERM\n"
 	       "  --interval S   with --follow, look for new generations every S seconds\n"
 	       "                 (default 2)\n"
+	       "  --quarantine   set aside a generation that fails its checks instead of\n"
+	       "                 stopping: nothing of it is written, the ranges it was\n"
+	       "                 to change become repair requests that serve hands to\n"
+	       "                 the sender, which sends them again from the source;\n"
+	       "                 later generations are applied (docs/WIRE.md)\n"
 	       "  --json         JSON lines on stdout: one per generation, a summary\n"
 	       "  --help         this text\n");
 }
 
 static int apply_parse(int argc, char **argv, struct apply_opts *o)
 {
-	enum { O_JOURNAL = 256, O_STATE, O_KEY, O_DRIVE, O_FOLLOW, O_INTERVAL, O_JSON, O_HELP,
-	       O_SITE_KEY };
+	enum { O_JOURNAL = 256, O_STATE, O_KEY, O_DRIVE, O_FOLLOW, O_INTERVAL, O_QUARANTINE,
+	       O_JSON, O_HELP, O_SITE_KEY };
 	static const struct option longopts[] = {
 		{ "journal", required_argument, NULL, O_JOURNAL },
 		{ "state", required_argument, NULL, O_STATE },
 		{ "key-file", required_argument, NULL, O_KEY },
 		{ "drive", required_argument, NULL, O_DRIVE },
 		{ "follow", no_argument, NULL, O_FOLLOW },
+		{ "quarantine", no_argument, NULL, O_QUARANTINE },
 		{ "interval", required_argument, NULL, O_INTERVAL },
 		{ "json", no_argument, NULL, O_JSON },
 		{ "help", no_argument, NULL, O_HELP },
@@ -166,6 +176,7 @@ static int apply_parse(int argc, char **argv, struct apply_opts *o)
 		case O_DRIVE: o->drive = optarg; break;
 		case O_SITE_KEY: o->site_key = optarg; break;
 		case O_FOLLOW: o->follow = 1; break;
+		case O_QUARANTINE: o->quarantine = 1; break;
 		case O_INTERVAL:
 			if (util_parse_u64(optarg, 1, 3600, &o->interval) < 0)
 				return ingest_usage_error(APPLY_CMD, "--interval %s: seconds from 1"
@@ -188,7 +199,10 @@ static int apply_parse(int argc, char **argv, struct apply_opts *o)
 static const char apply_schema[] =
 	"CREATE TABLE IF NOT EXISTS hot_applied(sender BLOB PRIMARY KEY,"
 	" last_seq INTEGER NOT NULL, gen INTEGER NOT NULL, run_started INTEGER NOT NULL,"
-	" updated INTEGER NOT NULL);";
+	" updated INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS hot_quarantined(sender BLOB NOT NULL, gen INTEGER NOT NULL,"
+	" first_seq INTEGER NOT NULL, end_seq INTEGER NOT NULL, reason TEXT NOT NULL,"
+	" ranges INTEGER NOT NULL, added INTEGER NOT NULL, PRIMARY KEY(sender, gen));";
 
 static int db_err(struct apply_ctx *x, struct err *e)
 {
@@ -831,35 +845,141 @@ static void gen_report(struct apply_ctx *x, const struct journal_stream *s, uint
 	fflush(stdout);
 }
 
-/* Applies the complete generations of one stream not applied yet. */
+/*
+ * Sets a generation that failed its checks aside (--quarantine): the
+ * ranges its index rows name, inside the drive's disks, become repair
+ * requests; it is recorded in hot_quarantined and, in the same
+ * transaction, as applied, so later generations go on. Nothing of it is
+ * written to a target.
+ */
+static int gen_quarantine(struct apply_ctx *x, const struct journal_stream *s,
+			  uint64_t gen, uint64_t from, uint64_t end_seq, const char *why,
+			  struct err *e)
+{
+	struct journal_range *v = NULL;
+	sqlite3_stmt *st = NULL;
+	size_t n = 0, i, filed = 0;
+	char sender[17];
+	int rc;
+
+	util_hex(s->sender, 8, sender);
+	rc = journal_ranges(x->j, s->id, from, end_seq, &v, &n, e);
+	for (i = 0; rc == 0 && i < n; i++) {
+		const struct apply_target *t = target_of(x, v[i].disk);
+
+		/* The index is untrusted too: only ranges of real disks. */
+		if (!t || v[i].offset > t->m.size || t->m.size - v[i].offset < v[i].length)
+			continue;
+		rc = journal_repair_add(x->j, x->info.uuid_bin, &v[i], e);
+		filed++;
+	}
+	if (rc == 0)
+		rc = db_exec(x, "BEGIN IMMEDIATE", e);
+	if (rc < 0)
+		goto out;
+	if (sqlite3_prepare_v2(x->db, "INSERT OR REPLACE INTO hot_quarantined(sender, gen,"
+			       " first_seq, end_seq, reason, ranges, added)"
+			       " VALUES(?, ?, ?, ?, ?, ?, ?)", -1, &st, NULL) != SQLITE_OK) {
+		rc = db_err(x, e);
+	} else {
+		sqlite3_bind_blob(st, 1, s->sender, JOURNAL_SENDER_LEN, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)gen);
+		sqlite3_bind_int64(st, 3, (sqlite3_int64)from);
+		sqlite3_bind_int64(st, 4, (sqlite3_int64)end_seq);
+		sqlite3_bind_text(st, 5, why, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 6, (sqlite3_int64)filed);
+		sqlite3_bind_int64(st, 7, (sqlite3_int64)util_wall_s());
+		if (sqlite3_step(st) != SQLITE_DONE)
+			rc = db_err(x, e);
+	}
+	if (rc == 0)
+		rc = applied_set(x, s, end_seq, gen, e);
+	if (rc == 0)
+		rc = db_exec(x, "COMMIT", e);
+	else
+		sqlite3_exec(x->db, "ROLLBACK", NULL, NULL, NULL);
+	if (rc < 0)
+		goto out;
+	x->quarantined++;
+	if (x->o->json) {
+		json_t *o = json_object();
+
+		json_object_set_new(o, "event", json_string("quarantined"));
+		json_object_set_new(o, "op", json_string("apply"));
+		json_object_set_new(o, "sender", json_string(sender));
+		json_object_set_new(o, "generation", json_integer((json_int_t)gen));
+		json_object_set_new(o, "reason", json_string(why));
+		json_object_set_new(o, "repair_ranges", json_integer((json_int_t)filed));
+		cli_json_emit(o);
+	} else {
+		printf("sender %s: generation %llu quarantined (%s): nothing of it written, %zu"
+		       " ranges filed as repair requests\n", sender, (unsigned long long)gen,
+		       why, filed);
+		fflush(stdout);
+	}
+out:
+	sqlite3_finalize(st);
+	free(v);
+	return rc;
+}
+
+/*
+ * Applies the complete generations of one stream not applied yet. Every
+ * one of them passes the first pass before anything of any is written
+ * (invariant 1, for the whole backlog), unless --quarantine sets the
+ * failing ones aside.
+ */
 static int apply_stream(struct apply_ctx *x, const struct journal_stream *s, struct err *e)
 {
-	uint64_t *gens = NULL, *seqs = NULL, last, n1, n2, w0, z0;
+	uint64_t *gens = NULL, *seqs = NULL, *n1 = NULL, last, from, n2, w0, z0;
 	struct hotrec_end endg = { 0 };
+	char **why = NULL;
 	size_t n = 0, i;
 	int rc;
 
 	rc = applied_get(x, s, &last, e);
 	if (rc == 0)
 		rc = journal_generations(x->j, s->id, &gens, &seqs, &n, e);
+	if (rc == 0 && n) {
+		n1 = calloc(n, sizeof(*n1));
+		why = calloc(n, sizeof(*why));
+		if (!n1 || !why)
+			rc = err_set(e, -ENOMEM, "out of memory");
+	}
+	/* First pass over the backlog: everything authenticates (1). */
+	from = last + 1;
 	for (i = 0; rc == 0 && i < n && !apply_stop; i++) {
 		if (seqs[i] <= last)
 			continue;
-		/* First pass: everything authenticates (1). */
-		rc = gen_pass(x, s, gens[i], last + 1, seqs[i], 0, &endg, &n1, e);
-		if (rc < 0) {
+		rc = gen_pass(x, s, gens[i], from, seqs[i], 0, &endg, &n1[i], e);
+		if (rc == -EBADMSG && x->o->quarantine) {
+			why[i] = strdup(e->msg);
+			err_clear(e);
+			rc = why[i] ? 0 : err_set(e, -ENOMEM, "out of memory");
+		} else if (rc < 0) {
 			char first[ERR_MSG_MAX];
 
 			snprintf(first, sizeof(first), "%s", e->msg);
 			err_set(e, rc, "%s; nothing of generation %llu was written", first,
 				(unsigned long long)gens[i]);
-			break;
+		}
+		from = seqs[i] + 1;
+	}
+	for (i = 0; rc == 0 && i < n && !apply_stop; i++) {
+		if (seqs[i] <= last)
+			continue;
+		if (why[i]) {
+			rc = gen_quarantine(x, s, gens[i], last + 1, seqs[i], why[i], e);
+			if (rc < 0)
+				break;
+			last = seqs[i];
+			continue;
 		}
 		w0 = x->written;
 		z0 = x->zeroed;
 		x->nwr = 0;
 		rc = gen_pass(x, s, gens[i], last + 1, seqs[i], 1, &endg, &n2, e);
-		if (rc == 0 && n2 != n1)
+		if (rc == 0 && n2 != n1[i])
 			rc = err_set(e, -EBADMSG, "generation %llu changed while it was applied",
 				     (unsigned long long)gens[i]);
 		if (rc == 0)
@@ -879,6 +999,10 @@ static int apply_stream(struct apply_ctx *x, const struct journal_stream *s, str
 			rc = apply_cutover(x, &endg, e);
 	}
 	hotrec_end_free(&endg);
+	for (i = 0; why && i < n; i++)
+		free(why[i]);
+	free(why);
+	free(n1);
 	free(gens);
 	free(seqs);
 	return rc;
@@ -916,6 +1040,7 @@ static void apply_summary(struct apply_ctx *x, int ok, const char *error)
 		json_object_set_new(o, "written_bytes", json_integer((json_int_t)x->written));
 		json_object_set_new(o, "zeroed_bytes", json_integer((json_int_t)x->zeroed));
 		json_object_set_new(o, "repairs_done", json_integer((json_int_t)x->repaired));
+		json_object_set_new(o, "quarantined", json_integer((json_int_t)x->quarantined));
 		cli_json_emit(o);
 		return;
 	}
@@ -923,10 +1048,11 @@ static void apply_summary(struct apply_ctx *x, int ok, const char *error)
 		printf("repair: %llu requested ranges are now complete\n",
 		       (unsigned long long)x->repaired);
 	if (ok)
-		printf("applied %llu generations (%llu records): %s written, %s zeroed\n",
+		printf("applied %llu generations (%llu records): %s written, %s zeroed%s\n",
 		       (unsigned long long)x->generations, (unsigned long long)x->records,
 		       util_fmt_size(x->written, a, sizeof(a)),
-		       util_fmt_size(x->zeroed, b, sizeof(b)));
+		       util_fmt_size(x->zeroed, b, sizeof(b)),
+		       x->quarantined ? "; some generations quarantined, waiting for repair" : "");
 }
 
 int ingest_apply(int argc, char **argv)
