@@ -64,15 +64,16 @@ FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 REPLAY_BIN := $(FUZZ_SRC:tests/fuzz/fuzz_%.c=$(B)/fuzz/replay_%)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/fuzz_%.c=$(B)/fuzz/fuzz_%)
 FUZZ_SECONDS ?= 60
-TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
+TOOL_SRC := $(sort $(filter-out tests/tools/failmalloc.c,$(wildcard tests/tools/*.c)))
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(B)/tools/%)
+FAILMALLOC := $(B)/tools/failmalloc.so
 
 BINS := $(B)/ferry-seed $(B)/ferry-ingest $(B)/ferry-appliance
 
 ifeq ($(FUZZ),1)
 all: $(FUZZ_BIN)
 else
-all: $(BINS) $(UNIT_BIN) $(TOOL_BIN) $(REPLAY_BIN)
+all: $(BINS) $(UNIT_BIN) $(TOOL_BIN) $(REPLAY_BIN) $(FAILMALLOC)
 endif
 
 $(B)/%.o: %.c
@@ -115,6 +116,13 @@ $(B)/tools/%: $(B)/tests/tools/%.o $(B)/libferry.a
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS)
+
+# The allocation-failure shim (LD_PRELOAD, tests/e2e/97_allocfail.sh): a
+# shared object without the sanitizers, which would have to come first.
+$(FAILMALLOC): tests/tools/failmalloc.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $@")
+	$(Q)$(CC) -std=c11 $(CFLAGS) $(WARN) -fPIC -shared -o $@ $< -ldl
 
 deps:
 	sh tests/deps.sh --install

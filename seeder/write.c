@@ -1386,7 +1386,7 @@ fail:
 	status = EXIT_FAIL;
 out:
 	writer_free_buffers(&w);
-	for (i = 0; i < w.ndisks; i++) {
+	for (i = 0; w.disks && i < w.ndisks; i++) {
 		img_close(w.disks[i].img);
 		bh_close(w.disks[i].bh);
 	}
