@@ -234,6 +234,11 @@ int main(void)
 	tap_ok(rc == 0 && n == 1 && gens[0] == 1 && seqs[0] == 5, "completed generations");
 	free(gens);
 	free(seqs);
+	rc = journal_ranges(rd, st.id, 2, 5, &rl, &n, &e);
+	tap_ok(rc == 0 && n == 3 && rl[0].disk == 3 && rl[0].offset == 2 * 4096 &&
+	       rl[0].length == 4096 && rl[2].offset == 4 * 4096,
+	       "ranges of records 2..5: the three data records, not the end (%s)", e.msg);
+	free(rl);
 	tap_ok(journal_verify(rd, 0, &n64, &e) == 0 && n64 == 5, "verify: 5 records");
 
 	/* repairs */
