@@ -482,7 +482,7 @@ static void verify_print(const struct verify_result *v, const struct verify_opts
 	}
 }
 
-static void verify_json(const struct verify_result *v, int ok)
+static void verify_json(const struct verify_result *v, const struct verify_opts *vo, int ok)
 {
 	const struct sb *sb = v->d ? store_sb(v->d->store) : NULL;
 	json_t *o = json_object(), *arr = json_array();
@@ -497,6 +497,10 @@ static void verify_json(const struct verify_result *v, int ok)
 	json_object_set_new(o, "log_ok", json_boolean(v->log_ok));
 	json_object_set_new(o, "chunks", ingest_json_u64(v->chunks));
 	json_object_set_new(o, "damaged_chunks", ingest_json_u64(v->bad_chunks));
+	/* How far chunks were checked: "header" on a write-only drive without
+	 * its site key (the tags need it), "tag", or "id" with --deep. */
+	json_object_set_new(o, "chunk_check", json_string(vo->headers_only ? "header" :
+							  vo->deep ? "id" : "tag"));
 	for (i = 0; i < v->ndisks; i++) {
 		const struct verify_disk *vd = &v->disks[i];
 		json_t *jd = json_object();
@@ -569,7 +573,7 @@ int ingest_verify(int argc, char **argv)
 			"self-consistency was checked, not that it is the drive that was sealed\n");
 report:
 	if (o.json)
-		verify_json(&v, ok);
+		verify_json(&v, &o, ok);
 	if (!ok)
 		cli_error(INGEST_PROG, "%s", v.reason[0] ? v.reason : "verify failed");
 	for (i = 0; i < v.ndisks; i++)

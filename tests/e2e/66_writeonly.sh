@@ -121,6 +121,10 @@ if "$INGEST" verify "$D" --key-file "$T/key" --receipt "$T/r.json" >"$T/v.out" 2
 else
 	not_ok "verify without the site key" "$(tail -n 5 "$T/v.out")"
 fi
+"$INGEST" verify "$D" --key-file "$T/key" --receipt "$T/r.json" --json >"$T/v.json" 2>/dev/null
+eq "verify --json says the chunks were checked by header only" \
+	"$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1])][-1]["chunk_check"])' \
+		"$T/v.json" 2>&1)" header
 check "verify --keyless needs no key at all" \
 	"$INGEST" verify "$D" --keyless --receipt "$T/r.json"
 expect_fail "verify --deep without the site key refused" 1 'write-only: give the site key' \
