@@ -14,6 +14,7 @@
 
 #include "../common/drive.h"
 #include "../common/keys.h"
+#include "../common/keywrap.h"
 #include "../common/manifest.h"
 #include "../common/store.h"
 #include "../common/util.h"
@@ -25,6 +26,7 @@ struct status_opts {
 	const char *dev;
 	const char *key_file;
 	int json;
+	int64_t wrapped;          /* write-only drive opened: data keys wrapped */
 };
 
 static void status_help(void)
@@ -53,6 +55,7 @@ static int status_parse(int argc, char **argv, struct status_opts *o)
 	int c;
 
 	memset(o, 0, sizeof(*o));
+	o->wrapped = -1;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
 		switch (c) {
@@ -159,6 +162,8 @@ static int status_print_json(const struct status_opts *o,
 				    json_boolean(sb->flags & SB_F_WRITE_ONLY));
 		json_object_set_new(root, "recipient", (sb->flags & SB_F_WRITE_ONLY) ?
 				    json_string(hex) : json_null());
+		json_object_set_new(root, "wrapped_keys", o->wrapped >= 0 ?
+				    json_integer(o->wrapped) : json_null());
 	}
 	return appliance_json_print(root);
 }
@@ -193,6 +198,9 @@ static void status_print_text(const struct status_opts *o,
 	if (sb->flags & SB_F_WRITE_ONLY) {
 		util_hex(sb->recipient, sizeof(sb->recipient), root);
 		printf("  write-only  data keys sealed for recipient %s\n", root);
+		if (o->wrapped >= 0)
+			printf("  data keys   %lld wrapped (one per seeding run)\n",
+			       (long long)o->wrapped);
 	}
 	if (!opened) {
 		printf("  superblock  checksum ok (use --key-file to verify its "
@@ -258,6 +266,13 @@ int appliance_status(int argc, char **argv)
 		rc = manifest_disks(d->man, &disks, &n, &e);
 		if (rc < 0)
 			goto out;
+		if (sb.flags & SB_F_WRITE_ONLY) {
+			o.wrapped = keywrap_drive_count(d, &e);
+			if (o.wrapped < 0) {
+				rc = (int)o.wrapped;
+				goto out;
+			}
+		}
 	} else {
 		rc = keys_probe(o.dev, &info, &e);
 		if (rc == -ENODEV && status_erased(&o) == 0)

@@ -234,6 +234,22 @@ int keywrap_drive_write_only(const struct drive *d)
 	return (store_sb(d->store)->flags & SB_F_WRITE_ONLY) != 0;
 }
 
+int64_t keywrap_drive_count(struct drive *d, struct err *e)
+{
+	sqlite3 *db = manifest_db(d->man);
+	sqlite3_stmt *st = NULL;
+	int64_t n = -EIO;
+
+	if (sqlite3_prepare_v2(db, "SELECT count(*) FROM main.meta"
+			       " WHERE key >= 'keywrap.' AND key < 'keywrap/'", -1, &st,
+			       NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+		n = sqlite3_column_int64(st, 0);
+	else
+		err_set(e, -EIO, "manifest: %s", sqlite3_errmsg(db));
+	sqlite3_finalize(st);
+	return n;
+}
+
 static int keywrap_meta_taken(void *opaque, uint32_t id)
 {
 	struct drive *d = opaque;

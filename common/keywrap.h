@@ -76,6 +76,8 @@ int keywrap_key_new(struct keys *k, const uint8_t pk[KEYWRAP_PK_LEN],
 
 /* 1 when the opened drive is write-only. */
 int keywrap_drive_write_only(const struct drive *d);
+/* Number of data keys the drive's manifest holds wraps for, or -errno. */
+int64_t keywrap_drive_count(struct drive *d, struct err *e);
 
 /*
  * Seeder: the data key id of this run. 0 (data_key) on an ordinary drive;

@@ -113,6 +113,9 @@ db = sqlite3.connect(sys.argv[1])
 print(db.execute("SELECT count(*) FROM meta WHERE key LIKE \"keywrap.%\"").fetchone()[0])' \
 	"$T/m.db" 2>&1)
 eq "four runs kept chunks, each under its own wrapped key id" "$nk" 4
+wk=$("$APPLIANCE" status "$D" --key-file "$T/key" --json 2>/dev/null | python3 -c \
+	'import json,sys; print(json.load(sys.stdin)["wrapped_keys"])' 2>&1)
+eq "status --key-file counts the four wrapped data keys" "$wk" 4
 
 # --- verify ----------------------------------------------------------------------
 if "$INGEST" verify "$D" --key-file "$T/key" --receipt "$T/r.json" >"$T/v.out" 2>&1 &&
