@@ -8,8 +8,9 @@
 # without it or with another one it is refused with nothing written; with
 # the passphrase alone no command outputs a byte of chunk data; one change
 # synced over loopback is applied with the site key only, and the journal
-# holds none of it in plaintext; bad --recipient values are refused with
-# the drive untouched.
+# holds none of it in plaintext; a sync killed mid-generation and run again
+# leaves a generation under two keys that applies; bad --recipient values
+# are refused with the drive untouched.
 # shellcheck source=tests/e2e/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/e2e/serve_lib.sh
@@ -215,6 +216,28 @@ if sync_once "$T/s2.json"; then ok "a second sync process"; else
 	not_ok "a second sync process" "$(tail -n 3 "$T/s2.json.err")"; fi
 check "apply the second generation" apply_once --site-key "$T/site.key"
 same "the target equals the source again" "$T/a.raw" "$T/out/a.raw"
+# A sync process killed mid-generation: the next one continues the same
+# generation under a key of its own, and apply opens both.
+for c in 10 13 16 19 22 25 28 31 34 37 40 43; do
+	head -c 4096 /dev/urandom | dd of="$T/a.raw" bs=4096 seek=$((c * 16 + 3)) \
+		conv=notrunc status=none
+done
+{
+	FERRY_CRASH_AT=sync.sent:6 timeout 60 "$SEED" sync --state "$S" --to "127.0.0.1:$PORT" \
+		--server-key "$SKEY" --key-file "$T/key" --once >/dev/null 2>&1
+	rc=$?
+} 2>/dev/null
+eq "a sync process killed (SIGKILL) after its sixth record" "$rc" 137
+if sync_once "$T/s3.json"; then ok "the next sync process finishes the generation"; else
+	not_ok "the next sync process finishes the generation" "$(tail -n 3 "$T/s3.json.err")"; fi
+nw=$(python3 -c '
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+print(db.execute("SELECT count(*) FROM records WHERE kind = 3 AND gen ="
+                 " (SELECT max(gen) FROM records)").fetchone()[0])' "$J/journal.db" 2>&1)
+eq "that generation holds the key wraps of both processes" "$nw" 2
+check "apply the generation of two sync processes" apply_once --site-key "$T/site.key"
+same "the target equals the source after the kill" "$T/a.raw" "$T/out/a.raw"
 stop_server
 
 # --- --site-key on an ordinary drive ----------------------------------------------
