@@ -28,6 +28,7 @@
 
 #include <blkid.h>
 
+#include "../common/event.h"
 #include "../common/keys.h"
 #include "../common/keywrap.h"
 #include "../common/store.h"
@@ -613,6 +614,7 @@ int appliance_prepare(int argc, char **argv)
 	struct drive_info info;
 	struct err e = { 0, "" };
 	struct stat st;
+	json_t *detail;
 	int rc, exists, rk_saved = 0, wiped = 0;
 
 	rc = prepare_parse(argc, argv, &o);
@@ -691,6 +693,17 @@ int appliance_prepare(int argc, char **argv)
 		goto out;
 	rc = o.recipient ? store_format_write_only(o.dev, &info, keys, o.recipient_pk, &e) :
 		store_format(o.dev, &info, keys, &e);
+	if (rc < 0)
+		goto out;
+	/* The first event of the drive's chain of custody (event.h). */
+	detail = event_detail_new("ferry-appliance prepare");
+	if (detail) {
+		json_object_set_new(detail, "label", json_string(info.label));
+		json_object_set_new(detail, "device_size",
+				    appliance_json_u64(info.device_size));
+	}
+	rc = event_append_dev(o.dev, &info, keys, EVENT_PREPARED, detail, 0, NULL, &e);
+	json_decref(detail);
 	if (rc < 0)
 		goto out;
 	rc = 0;

@@ -208,6 +208,10 @@ static int roll_one(void *opaque, uint64_t off, const struct rec_hdr *h,
 		r->rc = manifest_chunk_put(r->d->man, &c, r->e);
 		if (r->rc < 0)
 			return -1;
+	} else if (h->type == REC_EVENT) {
+		/* Events are appended just before a commit: one that was not
+		 * committed ends the log, and the next append replaces it. */
+		return 1;
 	}
 	r->found++;
 	return 0;

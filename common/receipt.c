@@ -45,6 +45,16 @@ static json_t *receipt_json(const struct receipt *r)
 		json_array_append_new(disks, jd);
 	}
 	json_object_set_new(o, "disks", disks);
+	if (r->has_events) {
+		static const uint8_t zero[EVENT_HASH_LEN];
+
+		json_object_set_new(o, "events", event_log_to_json(&r->events));
+		util_hex(r->events_key, EVENT_PK_LEN, hex);
+		json_object_set_new(o, "events_key", json_string(hex));
+		util_hex(r->events.n ? r->events.v[r->events.n - 1].hash : zero,
+			 EVENT_HASH_LEN, hex);
+		json_object_set_new(o, "events_head", json_string(hex));
+	}
 	return o;
 }
 
@@ -136,6 +146,47 @@ static int get_hex(json_t *o, const char *key, uint8_t *out, size_t len,
 	return 0;
 }
 
+/* The 36-character text UUID into 16 bytes. */
+static int uuid_parse(const char *text, uint8_t out[16])
+{
+	size_t n = 0;
+
+	if (strlen(text) != 36 || text[8] != '-' || text[13] != '-' || text[18] != '-' ||
+	    text[23] != '-')
+		return -EINVAL;
+	if (sodium_hex2bin(out, 16, text, 36, "-", &n, NULL) != 0 || n != 16)
+		return -EINVAL;
+	return 0;
+}
+
+static int receipt_read_events(json_t *o, struct receipt *r, const char *path,
+			       struct err *e)
+{
+	static const uint8_t zero[EVENT_HASH_LEN];
+	json_t *ev = json_object_get(o, "events");
+	uint8_t uuid[16], head[EVENT_HASH_LEN];
+	int rc;
+
+	if (!ev && !json_object_get(o, "events_key") && !json_object_get(o, "events_head"))
+		return 0;
+	if (uuid_parse(r->uuid, uuid) < 0)
+		return err_set(e, -EBADMSG, "%s: receipt field \"drive_uuid\" invalid", path);
+	rc = get_hex(o, "events_key", r->events_key, EVENT_PK_LEN, path, e);
+	if (rc == 0)
+		rc = get_hex(o, "events_head", head, EVENT_HASH_LEN, path, e);
+	if (rc < 0)
+		return rc;
+	rc = event_log_from_json(ev, uuid, &r->events, e);
+	if (rc < 0)
+		return err_prefix(e, "%s: receipt field \"events\"", path);
+	r->has_events = 1;
+	if (sodium_memcmp(head, r->events.n ? r->events.v[r->events.n - 1].hash : zero,
+			  EVENT_HASH_LEN) != 0)
+		return err_set(e, -EBADMSG, "%s: receipt field \"events_head\" is not the"
+			       " last event's hash", path);
+	return 0;
+}
+
 int receipt_read(const char *path, struct receipt *r, struct err *e)
 {
 	uint8_t *buf = NULL;
@@ -223,6 +274,7 @@ int receipt_read(const char *path, struct receipt *r, struct err *e)
 		if (rc < 0)
 			goto out;
 	}
+	rc = receipt_read_events(o, r, path, e);
 out:
 	if (rc < 0)
 		receipt_free(r);
@@ -252,4 +304,6 @@ void receipt_free(struct receipt *r)
 	free(r->disks);
 	r->disks = NULL;
 	r->ndisks = 0;
+	event_log_free(&r->events);
+	r->has_events = 0;
 }

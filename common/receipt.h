@@ -13,6 +13,7 @@
 
 #include "codec.h"
 #include "err.h"
+#include "event.h"
 #include "keys.h"
 
 #define RECEIPT_VERSION 1
@@ -40,6 +41,11 @@ struct receipt {
 	uint64_t ckpt_gen;
 	size_t ndisks;
 	struct receipt_disk *disks;
+	/* The drive's event log up to the seal (absent in receipts of drives
+	 * prepared before there was one): events, the event public key. */
+	int has_events;
+	struct event_log events;
+	uint8_t events_key[EVENT_PK_LEN];
 	uint8_t mac[32];
 	int has_mac;
 };
@@ -51,8 +57,11 @@ int receipt_write(const char *path, struct receipt *r, const struct keys *k,
 /* Formats r as JSON (the same text receipt_write writes); free() it. */
 int receipt_format(struct receipt *r, const struct keys *k, char **out,
 		   struct err *e);
-/* Parses path strictly: every field present, typed and in range.
- * -EBADMSG with a message naming the field otherwise. */
+/* Parses path strictly: every field present, typed and in range (the
+ * events, events_key and events_head members together or none; each event
+ * hashing to its "hash", events_head the last one's). -EBADMSG with a
+ * message naming the field otherwise. The event chain and signatures are
+ * the caller's to check (event_chain_check). */
 int receipt_read(const char *path, struct receipt *r, struct err *e);
 /* Checks the MAC with the drive's keys: -EBADMSG when it does not match. */
 int receipt_check_mac(const struct receipt *r, const struct keys *k,

@@ -44,6 +44,8 @@ struct store {
 	uint64_t tail;
 	uint64_t next_seq;
 	uint8_t prev[REC_DIGEST_LEN];
+	uint64_t ev_seq, ev_off;  /* newest event appended (invariant 6) */
+	uint8_t ev_head[32];
 	uint8_t *wbuf;
 	size_t wlen;
 	uint64_t wbuf_off;
@@ -86,6 +88,9 @@ static void sb_pack(const struct sb *sb, const struct keys *k, uint8_t out[SB_LE
 	le64_store(out + 160, sb->created);
 	le64_store(out + 168, sb->updated);
 	memcpy(out + 176, sb->recipient, 32);
+	le64_store(out + 208, sb->event_seq);
+	le64_store(out + 216, sb->event_off);
+	memcpy(out + 224, sb->event_head, 32);
 	crypto_generichash(out + SB_MAC_OFF, 32, out, SB_MAC_OFF, k->sb_key,
 			   KEYS_KEY_LEN);
 	crypto_generichash(out + SB_SUM_OFF, 32, out, SB_SUM_OFF, NULL, 0);
@@ -135,6 +140,13 @@ static int sb_parse(const uint8_t in[SB_LEN], const struct keys *k,
 		return err_set(e, -EBADMSG, "superblock flags 0x%x unknown", sb->flags);
 	if (((sb->flags & SB_F_WRITE_ONLY) == 0) != (sodium_is_zero(sb->recipient, 32) == 1))
 		return err_set(e, -EBADMSG, "superblock recipient key and write-only flag disagree");
+	sb->event_seq = le64_load(in + 208);
+	sb->event_off = le64_load(in + 216);
+	memcpy(sb->event_head, in + 224, 32);
+	if ((sb->event_seq && (sb->event_off < sb->log_start ||
+			       sb->event_off >= sb->log_end)) ||
+	    (!sb->event_seq && sb->event_off))
+		return err_set(e, -EBADMSG, "superblock fields out of range");
 	if (sb->state < DRIVE_PREPARED || sb->state > DRIVE_INGESTED ||
 	    sb->log_start > sb->log_end || sb->log_end > sb->device_size ||
 	    sb->log_limit > sb->device_size || sb->log_start > sb->log_limit ||
@@ -405,6 +417,9 @@ int store_open(const char *dev, const struct drive_info *info,
 	s->tail = s->sb.log_end;
 	s->next_seq = s->sb.next_rec;
 	memcpy(s->prev, s->sb.tail, REC_DIGEST_LEN);
+	s->ev_seq = s->sb.event_seq;
+	s->ev_off = s->sb.event_off;
+	memcpy(s->ev_head, s->sb.event_head, 32);
 	if (mode == STORE_RDWR) {
 		s->wbuf = malloc(STORE_WBUF + codec_bound(REC_MAX_PLAIN));
 		if (!s->wbuf) {
@@ -490,13 +505,14 @@ static int store_drain(struct store *s, struct err *e)
 }
 
 /* Reserves room for a record of at most bound bytes in the write buffer. */
-static int store_room(struct store *s, size_t bound, struct err *e)
+static int store_room(struct store *s, uint8_t type, size_t bound, struct err *e)
 {
 	if (s->mode != STORE_RDWR)
 		return err_set(e, -EBADF, "store: opened read-only");
 	if (s->failed)
 		return err_set(e, -EIO, "store: drive in error state after a failed write");
-	if (s->sb.state == DRIVE_SEALED || s->sb.state == DRIVE_INGESTED)
+	if ((s->sb.state == DRIVE_SEALED || s->sb.state == DRIVE_INGESTED) &&
+	    type != REC_EVENT)
 		return err_set(e, -EROFS, "drive is sealed");
 	if (s->wlen + bound > STORE_WBUF + codec_bound(REC_MAX_PLAIN) ||
 	    s->wlen >= STORE_WBUF)
@@ -531,7 +547,7 @@ int store_append(struct store *s, struct codec *c, struct rec_hdr *h,
 		 const uint8_t *plain, size_t plen, int ignore_limit,
 		 uint64_t *off, uint32_t *len, struct err *e)
 {
-	int rc = store_room(s, codec_bound(plen), e);
+	int rc = store_room(s, h->type, codec_bound(plen), e);
 
 	if (rc < 0)
 		return rc;
@@ -540,6 +556,22 @@ int store_append(struct store *s, struct codec *c, struct rec_hdr *h,
 	return store_took(s, codec_seal(c, h, plain, plen, s->wbuf + s->wlen,
 					codec_bound(plen), e),
 			  ignore_limit, off, len, e);
+}
+
+void store_event_head(const struct store *s, uint64_t *seq, uint64_t *off,
+		      uint8_t head[32])
+{
+	*seq = s->ev_seq;
+	*off = s->ev_off;
+	memcpy(head, s->ev_head, 32);
+}
+
+void store_event_note(struct store *s, uint64_t seq, uint64_t off,
+		      const uint8_t head[32])
+{
+	s->ev_seq = seq;
+	s->ev_off = off;
+	memcpy(s->ev_head, head, 32);
 }
 
 uint64_t store_next_seq(const struct store *s)
@@ -559,7 +591,7 @@ int store_append_sealed(struct store *s, const uint8_t *rec, size_t len,
 			       (unsigned long long)seq, (unsigned long long)s->next_seq);
 	if (len < REC_HDR_LEN || len > REC_HDR_LEN + REC_MAX_PAYLOAD)
 		return err_set(e, -EMSGSIZE, "store: record of %zu bytes", len);
-	rc = store_room(s, len, e);
+	rc = store_room(s, rec[4], len, e);
 	if (rc < 0)
 		return rc;
 	if (ck_add(s->tail, (uint64_t)len, &end) || end > limit)
@@ -586,7 +618,7 @@ int store_append_body(struct store *s, struct codec *c, struct rec_hdr *h,
 	 * largest record beyond STORE_WBUF and no more. */
 	if (plen > REC_MAX_PLAIN || blen > REC_MAX_PAYLOAD - REC_TAG_LEN)
 		return err_set(e, -EMSGSIZE, "store: record of %zu bytes too large", blen);
-	rc = store_room(s, REC_HDR_LEN + blen + REC_TAG_LEN, e);
+	rc = store_room(s, h->type, REC_HDR_LEN + blen + REC_TAG_LEN, e);
 	if (rc < 0)
 		return rc;
 	h->seq = s->next_seq;
@@ -625,6 +657,9 @@ int store_commit(struct store *s, uint32_t state, uint64_t ckpt_off,
 	sb.log_end = s->tail;
 	sb.next_rec = s->next_seq;
 	memcpy(sb.tail, s->prev, REC_DIGEST_LEN);
+	sb.event_seq = s->ev_seq;
+	sb.event_off = s->ev_off;
+	memcpy(sb.event_head, s->ev_head, 32);
 	if (ckpt_off) {
 		sb.ckpt_off = ckpt_off;
 		sb.ckpt_gen = ckpt_gen;

@@ -12,7 +12,10 @@
  *     past the tail of an interrupted run never pass for new ones.
  *  4. Appends never pass log_limit; the space between log_limit and the end
  *     of the device is reserved for the final checkpoint and the seal.
- *  5. A sealed drive refuses appends of chunk records.
+ *  5. A sealed drive refuses appends of every record but events
+ *     (REC_EVENT): only events may follow the seal record.
+ *  6. The superblock names the newest event (event_seq, event_off,
+ *     event_head); it is committed with the log end that covers it.
  */
 #ifndef FERRY_STORE_H
 #define FERRY_STORE_H
@@ -64,6 +67,9 @@ struct sb {
 	/* SB_F_WRITE_ONLY: data keys are wrapped for recipient (X25519 public
 	 * key), docs/FORMAT.md "Recipient-wrapped data keys". */
 	uint8_t recipient[32];
+	uint64_t event_seq;       /* newest event's number, 0: no event log */
+	uint64_t event_off;       /* offset of its REC_EVENT record */
+	uint8_t event_head[32];   /* its hash (event.h) */
 	int mac_ok;               /* 1 verified with sb_key, 0 not checked, -1 bad */
 };
 
@@ -121,6 +127,13 @@ int store_append(struct store *s, struct codec *c, struct rec_hdr *h,
 int store_append_sealed(struct store *s, const uint8_t *rec, size_t len,
 			uint64_t seq, const uint8_t digest[REC_DIGEST_LEN],
 			int ignore_limit, uint64_t *off, struct err *e);
+/* The newest event as appended so far (committed or not): its number
+ * (0: none), record offset and hash. */
+void store_event_head(const struct store *s, uint64_t *seq, uint64_t *off,
+		      uint8_t head[32]);
+/* Notes a newly appended event as the head; the next commit records it. */
+void store_event_note(struct store *s, uint64_t seq, uint64_t off,
+		      const uint8_t head[32]);
 /* Sequence number the next appended record must carry. */
 uint64_t store_next_seq(const struct store *s);
 /* Same with a body prepared by codec_compress (flags carries REC_F_ZSTD). */

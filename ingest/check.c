@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "../common/bytes.h"
+#include "../common/event.h"
 #include "../common/store.h"
 #include "../common/util.h"
 #include "ingest.h"
@@ -58,6 +59,46 @@ static void hex_short(const uint8_t *b, char out[17])
 }
 
 /* The superblock and manifest facts the receipt states, in a fixed order. */
+/* Records after the seal: events only (store.h invariant 5). */
+static int after_seal_one(void *opaque, uint64_t off, const struct rec_hdr *h,
+			  const uint8_t *rec, size_t len)
+{
+	struct err *e = opaque;
+
+	(void)rec;
+	(void)len;
+	if (h->type != REC_EVENT)
+		return err_set(e, -EBADMSG, "drive does not match receipt: record %llu at %llu"
+			       " follows the sealed log but is not an event",
+			       (unsigned long long)h->seq, (unsigned long long)off);
+	return 0;
+}
+
+/*
+ * A drive whose log goes on past the receipt's end matches only when what
+ * follows chains onto the receipt's last record and is events only; then
+ * the superblock's end is checked against that walk instead.
+ */
+static int receipt_match_after_seal(struct drive *d, const struct receipt *r,
+				    struct err *e)
+{
+	const struct sb *sb = store_sb(d->store);
+	struct store_scan_pos pos;
+	int rc;
+
+	pos.off = r->log_end;
+	pos.seq = r->records + 1;
+	memcpy(pos.prev, r->log_digest, REC_DIGEST_LEN);
+	rc = store_scan(d->store, &pos, sb->log_end, 0, after_seal_one, e, e);
+	if (rc < 0)
+		return err_prefix(e, "drive does not match receipt: after the sealed log");
+	if (pos.off != sb->log_end || pos.seq != sb->next_rec ||
+	    sodium_memcmp(pos.prev, sb->tail, REC_DIGEST_LEN) != 0)
+		return err_set(e, -EBADMSG, "drive does not match receipt: the records after the"
+			       " sealed log do not end where the superblock says");
+	return 0;
+}
+
 static int receipt_match_drive(struct drive *d, const char *path,
 			       const struct receipt *r, struct err *e)
 {
@@ -71,22 +112,26 @@ static int receipt_match_drive(struct drive *d, const char *path,
 		return err_set(e, -EBADMSG,
 			       "drive %s is not sealed (state %s) but receipt %s is a seal's",
 			       d->info.uuid, store_state_name(sb->state), path);
-	if (sb->log_end != r->log_end)
-		return err_set(e, -EBADMSG,
-			       "drive does not match receipt: log ends at %llu, receipt says %llu %s",
-			       (unsigned long long)sb->log_end,
-			       (unsigned long long)r->log_end, why);
-	if (sb->next_rec - 1 != r->records)
-		return err_set(e, -EBADMSG,
-			       "drive does not match receipt: log holds %llu records, receipt says %llu %s",
-			       (unsigned long long)(sb->next_rec - 1),
-			       (unsigned long long)r->records, why);
 	if (sb->log_start != r->log_start)
 		return err_set(e, -EBADMSG,
 			       "drive does not match receipt: log starts at %llu, receipt says %llu",
 			       (unsigned long long)sb->log_start,
 			       (unsigned long long)r->log_start);
-	if (sodium_memcmp(sb->tail, r->log_digest, REC_DIGEST_LEN) != 0) {
+	if (r->has_events && sb->log_end > r->log_end && sb->next_rec - 1 > r->records) {
+		rc = receipt_match_after_seal(d, r, e);
+		if (rc < 0)
+			return rc;
+	} else if (sb->log_end != r->log_end)
+		return err_set(e, -EBADMSG,
+			       "drive does not match receipt: log ends at %llu, receipt says %llu %s",
+			       (unsigned long long)sb->log_end,
+			       (unsigned long long)r->log_end, why);
+	else if (sb->next_rec - 1 != r->records)
+		return err_set(e, -EBADMSG,
+			       "drive does not match receipt: log holds %llu records, receipt says %llu %s",
+			       (unsigned long long)(sb->next_rec - 1),
+			       (unsigned long long)r->records, why);
+	else if (sodium_memcmp(sb->tail, r->log_digest, REC_DIGEST_LEN) != 0) {
 		hex_short(sb->tail, a);
 		hex_short(r->log_digest, b);
 		return err_set(e, -EBADMSG,
@@ -184,6 +229,21 @@ int ingest_receipt_load(struct drive *d, const char *path, struct receipt *r,
 			     r->uuid, d->info.uuid);
 		goto fail;
 	}
+	/* The receipt's event chain first: an edit is named by event. */
+	if (r->has_events) {
+		uint8_t pk[EVENT_PK_LEN];
+		uint64_t bad;
+
+		rc = event_pubkey(d->keys, pk);
+		if (rc == 0 && sodium_memcmp(pk, r->events_key, EVENT_PK_LEN) != 0)
+			rc = err_set(e, -EBADMSG, "its event key is not this drive's");
+		if (rc == 0)
+			rc = event_chain_check(&r->events, pk, d->info.uuid_bin, &bad, e);
+		if (rc < 0) {
+			err_prefix(e, "receipt %s: event log", path);
+			goto fail;
+		}
+	}
 	rc = receipt_check_mac(r, d->keys, e);
 	if (rc < 0) {
 		err_prefix(e, "receipt %s", path);
@@ -231,6 +291,9 @@ static int log_walk_one(void *opaque, uint64_t off, const struct rec_hdr *h,
 
 	(void)len;
 	w->records++;
+	/* Only events may follow the seal (store.h invariant 5). */
+	if (h->type == REC_EVENT && w->last_type == REC_SEAL && w->seal_ok)
+		return 0;
 	w->last_type = h->type;
 	w->last_off = off;
 	w->seal_ok = 0;
@@ -277,7 +340,8 @@ int ingest_log_check(struct drive *d, struct ingest_bufs *b,
 		return 0;
 	if (w.last_type != REC_SEAL || !w.seal_ok)
 		return err_set(e, -EBADMSG,
-			       "log chain broken: the drive is sealed but its last record (at %llu) is not a valid seal",
+			       "log chain broken: the drive is sealed but its last record but events"
+			       " (at %llu) is not a valid seal",
 			       (unsigned long long)w.last_off);
 	rc = manifest_digest(d->man, digest, e);
 	if (rc < 0)
@@ -285,6 +349,48 @@ int ingest_log_check(struct drive *d, struct ingest_bufs *b,
 	if (sodium_memcmp(digest, w.seal_id, 32) != 0)
 		return err_set(e, -EBADMSG,
 			       "the seal record names another manifest than the one on the drive");
+	return 0;
+}
+
+/* ---- the event log ---------------------------------------------------- */
+
+int ingest_events_check(struct drive *d, const struct receipt *r,
+			struct event_log *l, uint64_t *bad, struct err *e)
+{
+	const struct sb *sb = store_sb(d->store);
+	uint8_t pk[EVENT_PK_LEN];
+	uint64_t seal_seq;
+	int rc;
+
+	*bad = 0;
+	rc = event_log_read(d->store, d->codec, l, &seal_seq, e);
+	if (rc < 0)
+		return err_prefix(e, "event log");
+	rc = event_pubkey(d->keys, pk);
+	if (rc < 0)
+		return err_set(e, rc, "event log: cannot derive the drive's event key");
+	rc = event_chain_check(l, pk, d->info.uuid_bin, bad, e);
+	if (rc < 0)
+		return err_prefix(e, "event log broken");
+	if (sb->event_seq != l->n ||
+	    (l->n && sodium_memcmp(sb->event_head, l->v[l->n - 1].hash, EVENT_HASH_LEN) != 0)) {
+		*bad = l->n < sb->event_seq ? l->n + 1 : sb->event_seq;
+		return err_set(e, -EBADMSG, "event log broken: the superblock names event %llu"
+			       " as the newest, the log holds %zu events (an event was removed"
+			       " or rewritten)", (unsigned long long)sb->event_seq, l->n);
+	}
+	if (r && r->has_events) {
+		rc = event_log_extends(&r->events, l, e);
+		if (rc < 0)
+			return err_prefix(e, "event log does not extend the receipt's");
+		if (l->at_seal != r->events.n)
+			return err_set(e, -EBADMSG, "event log does not extend the receipt's: the"
+				       " drive has %zu events before its seal, the receipt %zu",
+				       l->at_seal, r->events.n);
+	} else if (r && l->n) {
+		return err_set(e, -EBADMSG, "the drive has an event log but the receipt carries"
+			       " none (a receipt of another drive, or edited)");
+	}
 	return 0;
 }
 

@@ -19,6 +19,7 @@
 
 #include "../common/drive.h"
 #include "../common/err.h"
+#include "../common/event.h"
 #include "../common/manifest.h"
 #include "../common/pool.h"
 #include "../common/receipt.h"
@@ -36,6 +37,7 @@ int ingest_manifest(int argc, char **argv);
 int ingest_serve(int argc, char **argv);
 int ingest_apply(int argc, char **argv);
 int ingest_keygen(int argc, char **argv);
+int ingest_events(int argc, char **argv);
 
 /* Prints "ferry-ingest: CMD: <message> (see 'ferry-ingest CMD --help')";
  * returns INGEST_EXIT_USAGE. */
@@ -82,6 +84,18 @@ const struct receipt_disk *ingest_receipt_disk(const struct receipt *r,
  */
 int ingest_log_check(struct drive *d, struct ingest_bufs *b,
 		     uint64_t *records, struct err *e);
+
+/*
+ * The drive's chain-of-custody log (event.h): reads every event (a walk of
+ * the whole log), checks the chain under the drive's event key, that the
+ * superblock's head is the last event and, with a receipt that carries
+ * events, that the drive's log extends the receipt's exactly. l gets the
+ * events (the caller frees it). 0 when all holds, -EBADMSG naming the
+ * first break (*bad: its event number, 0 when not one event's fault).
+ * A drive without any event (prepared before the log existed) passes.
+ */
+int ingest_events_check(struct drive *d, const struct receipt *r,
+			struct event_log *l, uint64_t *bad, struct err *e);
 
 /*
  * Reads the chunk record c names into b->rec, checks that it is the record

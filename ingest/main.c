@@ -20,7 +20,9 @@ struct ingest_cmd {
 
 static const struct ingest_cmd ingest_cmds[] = {
 	{ "verify", ingest_verify,
-	  "check an arrived drive (and its receipt); writes nothing" },
+	  "check an arrived drive (and its receipt); records a \"verified\" event" },
+	{ "events", ingest_events,
+	  "print the drive's chain-of-custody log and check its chain" },
 	{ "run", ingest_run,
 	  "write the drive's disks into target images, resumably, and check them" },
 	{ "manifest", ingest_manifest,

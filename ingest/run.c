@@ -1297,8 +1297,23 @@ static int run_mark_ingested(struct run_ctx *x, const char *mpath, struct err *e
 	drive_close(x->d);
 	x->d = NULL;
 	rc = drive_open_keys(x->o->dev, k, DRIVE_RDWR, mpath, &d2, e);
-	if (rc == 0 && store_sb(d2->store)->state == DRIVE_SEALED)
-		rc = drive_mark(d2, DRIVE_INGESTED, e);
+	if (rc == 0 && store_sb(d2->store)->state == DRIVE_SEALED) {
+		/* The "ingested" event goes in with the state change (one
+		 * commit); a drive without an event log gets none. */
+		json_t *detail = event_detail_new("ferry-ingest run");
+
+		if (detail) {
+			json_object_set_new(detail, "disks", ingest_json_u64(x->nt));
+			json_object_set_new(detail, "receipt", json_boolean(x->has_receipt));
+		}
+		rc = event_append(d2->store, d2->codec, d2->keys, d2->info.uuid_bin,
+				  EVENT_INGESTED, detail, NULL, e);
+		json_decref(detail);
+		if (rc == -ENOENT)
+			rc = 0;
+		if (rc == 0)
+			rc = drive_mark(d2, DRIVE_INGESTED, e);
+	}
 	x->d = d2;
 	return rc;
 }

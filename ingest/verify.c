@@ -63,6 +63,9 @@ struct verify_result {
 	char reason[ERR_MSG_MAX];     /* first fatal error, or the problems */
 	char first_bad[ERR_MSG_MAX];  /* the first chunk failure */
 	char log_err[ERR_MSG_MAX];
+	struct event_log events;      /* the drive's chain of custody */
+	int events_ok;
+	char events_err[ERR_MSG_MAX];
 };
 
 static void verify_help(void)
@@ -444,7 +447,38 @@ static int verify_conclude(struct verify_result *v)
 				  (unsigned long long)v->bad_extents);
 	if (!v->log_ok)
 		verify_reason_add(v, "%s", v->log_err);
+	if (!v->events_ok)
+		verify_reason_add(v, "%s", v->events_err);
 	return v->reason[0] == '\0';
+}
+
+/*
+ * A sealed drive that verified gets a "verified" event (after the seal:
+ * only events may follow it). A drive without an event log gets none.
+ * Failing to record it is said, but does not undo the verification.
+ */
+static void verify_record(struct verify_result *v, const struct verify_opts *o)
+{
+	const struct sb *sb = store_sb(v->d->store);
+	json_t *detail;
+	struct err e = { 0, "" };
+	struct event ev;
+
+	if ((sb->state != DRIVE_SEALED && sb->state != DRIVE_INGESTED) || !v->events.n)
+		return;
+	detail = event_detail_new("ferry-ingest verify");
+	if (detail) {
+		json_object_set_new(detail, "receipt", json_boolean(o->receipt != NULL));
+		json_object_set_new(detail, "deep", json_boolean(o->deep));
+		json_object_set_new(detail, "chunks", ingest_json_u64(v->chunks));
+	}
+	if (event_append_dev(o->dev, &v->d->info, v->d->keys, EVENT_VERIFIED, detail, 0,
+			     &ev, &e) < 0)
+		fprintf(stderr, "warning: the \"verified\" event could not be recorded on the"
+			" drive: %s\n", e.msg);
+	else if (event_log_push(&v->events, &ev, &e) < 0)
+		fprintf(stderr, "warning: %s\n", e.msg);
+	json_decref(detail);
 }
 
 static void verify_print(const struct verify_result *v, const struct verify_opts *o)
@@ -459,6 +493,13 @@ static void verify_print(const struct verify_result *v, const struct verify_opts
 	if (o->receipt)
 		printf("receipt: matches the drive (%s)\n", o->receipt);
 	printf("%s\n", v->log_ok ? "log: chain intact" : v->log_err);
+	if (!v->events_ok)
+		printf("events: %s\n", v->events_err);
+	else if (!v->events.n)
+		printf("events: none (the drive was prepared before ferry kept an event log)\n");
+	else
+		printf("events: %zu, chain intact%s\n", v->events.n,
+		       o->receipt ? ", extends the receipt's exactly" : "");
 	printf("chunks: %llu checked (%s), %llu damaged\n",
 	       (unsigned long long)v->chunks,
 	       o->headers_only ? "headers and chain only: write-only drive, no --site-key" :
@@ -495,6 +536,8 @@ static void verify_json(const struct verify_result *v, const struct verify_opts 
 	json_object_set_new(o, "state", sb ? json_string(store_state_name(sb->state)) : json_null());
 	json_object_set_new(o, "records", sb ? ingest_json_u64(sb->next_rec - 1) : json_null());
 	json_object_set_new(o, "log_ok", json_boolean(v->log_ok));
+	json_object_set_new(o, "events", ingest_json_u64(v->events.n));
+	json_object_set_new(o, "events_ok", json_boolean(v->events_ok));
 	json_object_set_new(o, "chunks", ingest_json_u64(v->chunks));
 	json_object_set_new(o, "damaged_chunks", ingest_json_u64(v->bad_chunks));
 	/* How far chunks were checked: "header" on a write-only drive without
@@ -557,6 +600,14 @@ int ingest_verify(int argc, char **argv)
 	v.log_ok = rc == 0;
 	if (rc < 0)
 		snprintf(v.log_err, sizeof(v.log_err), "%s", e.msg);
+	{
+		uint64_t bad;
+
+		v.events_ok = ingest_events_check(v.d, o.receipt ? &r : NULL, &v.events, &bad,
+						  &e) == 0;
+		if (!v.events_ok)
+			snprintf(v.events_err, sizeof(v.events_err), "%s", e.msg);
+	}
 	rc = verify_chunks(&v, &o, &e);
 	if (rc == 0)
 		rc = verify_disks(&v, &e);
@@ -565,6 +616,8 @@ int ingest_verify(int argc, char **argv)
 		goto report;
 	}
 	ok = verify_conclude(&v);
+	if (ok)
+		verify_record(&v, &o);
 	if (!o.json)
 		verify_print(&v, &o);
 	/* Said only on success: a failure gets exactly one line on stderr. */
@@ -579,6 +632,7 @@ report:
 	for (i = 0; i < v.ndisks; i++)
 		free(v.disks[i].ranges);
 	free(v.disks);
+	event_log_free(&v.events);
 	receipt_free(&r);
 	ingest_bufs_free(&b);
 	drive_close(v.d);

@@ -17,6 +17,7 @@
 
 #include "../common/cli.h"
 #include "../common/drive.h"
+#include "../common/event.h"
 #include "../common/receipt.h"
 #include "../common/util.h"
 #include "seed.h"
@@ -67,6 +68,22 @@ static int build_receipt(struct drive *d, struct receipt *r, struct err *e)
 	memcpy(r->log_digest, sb->tail, REC_DIGEST_LEN);
 	r->ckpt_gen = sb->ckpt_gen;
 	r->ndisks = n;
+	/* The event log up to the seal, read back from the drive; events
+	 * after the seal (verified, ...) are not the receipt's. */
+	if (rc == 0 && sb->event_seq) {
+		rc = event_log_read(d->store, d->codec, &r->events, &r->events.seal_seq, e);
+		if (rc == 0 && !r->events.seal_seq)
+			rc = err_set(e, -EBADMSG, "the drive is sealed but its log has no seal record");
+		if (rc == 0)
+			rc = event_pubkey(d->keys, r->events_key);
+		if (rc == 0) {
+			r->events.n = r->events.at_seal;
+			r->log_end = r->events.seal_end;
+			r->records = r->events.seal_seq;
+			memcpy(r->log_digest, r->events.seal_link, REC_DIGEST_LEN);
+			r->has_events = 1;
+		}
+	}
 	for (i = 0; i < n; i++) {
 		snprintf(r->disks[i].name, sizeof(r->disks[i].name), "%s", disks[i].name);
 		r->disks[i].size = disks[i].size;
@@ -118,6 +135,23 @@ static int seal_drive(struct drive *d, size_t *partial, struct err *e)
 		rc = drive_checkpoint(d, DRIVE_SEEDING, e);
 	if (rc == 0)
 		rc = manifest_digest(d->man, digest, e);
+	if (rc < 0)
+		goto out;
+	/* The "sealed" event comes just before the seal record, so the
+	 * receipt carries it; a drive without an event log gets none. */
+	o = event_detail_new("ferry-seed seal");
+	if (o) {
+		util_hex(digest, 32, hex);
+		json_object_set_new(o, "manifest_digest", json_string(hex));
+		json_object_set_new(o, "disks", json_integer((json_int_t)n));
+		json_object_set_new(o, "partial", json_integer((json_int_t)*partial));
+	}
+	rc = event_append(d->store, d->codec, d->keys, d->info.uuid_bin, EVENT_SEALED, o,
+			  NULL, e);
+	json_decref(o);
+	o = NULL;
+	if (rc == -ENOENT)
+		rc = 0;
 	if (rc < 0)
 		goto out;
 	/* The seal statement: what the drive says of itself at seal time. */
