@@ -835,6 +835,7 @@ int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
 {
 	uint8_t *buf = NULL, digest[REC_DIGEST_LEN];
 	uint64_t boff = 0;        /* device offset of buf[0] */
+	uint64_t last = 0;        /* offset of the record before pos->off */
 	size_t blen = 0;          /* valid bytes in buf */
 	struct rec_hdr h;
 	struct err e1;
@@ -871,9 +872,15 @@ int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
 			rc = err_set(&e1, -EBADMSG, "record sequence %llu, expected %llu",
 				     (unsigned long long)h.seq,
 				     (unsigned long long)pos->seq);
-		if (rc == 0 && sodium_memcmp(h.prev, pos->prev, REC_DIGEST_LEN) != 0)
-			rc = err_set(&e1, -EBADMSG,
-				     "record does not chain: it or the record before it is damaged");
+		if (rc == 0 && sodium_memcmp(h.prev, pos->prev, REC_DIGEST_LEN) != 0) {
+			if (last)
+				rc = err_set(&e1, -EBADMSG, "record does not chain: it or the"
+					     " record before it (at %llu) is damaged",
+					     (unsigned long long)last);
+			else
+				rc = err_set(&e1, -EBADMSG, "record does not chain: it or the"
+					     " record before it is damaged");
+		}
 		need = rec_total_len(&h);
 		if (rc == 0 && pos->off + need > end)
 			rc = err_set(&e1, -EBADMSG, "record runs past the end of the log");
@@ -904,6 +911,7 @@ int store_scan(struct store *s, struct store_scan_pos *pos, uint64_t end,
 		}
 		rec_digest(buf + rel, (size_t)need, digest);
 		rec_link(pos->prev, digest, pos->prev);
+		last = pos->off;
 		pos->off += need;
 		pos->seq++;
 	}

@@ -158,6 +158,7 @@ head -c $((2 * MiB)) /dev/urandom >"$S2"
 # --- sources at fault ----------------------------------------------------------
 D0=$T/d0.drive
 prep "$D0"
+base=$(used "$D0") # the "prepared" event
 xfail "missing source: exit 1, one line naming it" 1 \
 	"nosuch\.raw.*(no such file|No such file)" \
 	seed "$D0" a="$T/nosuch.raw"
@@ -174,7 +175,7 @@ fi
 mkdir -p "$T/adir"
 xfail "source is a directory: exit 1, one line naming it" 1 \
 	"adir.*is a directory" seed "$D0" a="$T/adir"
-eq "bad sources: nothing written to the drive" "$(used "$D0")" 0
+eq "bad sources: nothing written to the drive" "$(used "$D0")" "$base"
 "$APPLIANCE" status "$D0" --json >"$T/st.json" 2>&1
 eq "bad sources: the drive is still only prepared" \
 	"$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["state"])' "$T/st.json" 2>/dev/null)" \
@@ -209,9 +210,10 @@ WK="wrong passphrase or key file"
 head -c 65536 /dev/urandom >"$T/w.raw"
 D0=$T/w.drive
 prep "$D0"
+base=$(used "$D0")
 xfail "wrong key: write" 1 "$WK" \
 	"$SEED" write "$D0" --key-file "$T/wrong" --state "$T/w.state" w="$T/w.raw"
-eq "wrong key: nothing written" "$(used "$D0")" 0
+eq "wrong key: nothing written" "$(used "$D0")" "$base"
 xfail "wrong key: seal" 1 "$WK" \
 	"$SEED" seal "$D0" --key-file "$T/wrong" --state "$T/w.state" \
 	--receipt "$T/w.receipt"

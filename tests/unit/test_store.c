@@ -976,9 +976,12 @@ static void test_sealed(const struct keys *k)
 	tap_is_int(store_append(s, c, &h, b, sizeof(b), 0, &off, &len, &e), -EROFS,
 		   "append on the sealed store: -EROFS");
 	h.flags = REC_F_META;
-	h.type = REC_EVENT;
+	h.type = REC_CKPT;
 	tap_is_int(store_append(s, c, &h, b, sizeof(b), 1, &off, &len, &e), -EROFS,
 		   "meta append with ignore_limit on the sealed store: -EROFS");
+	h.type = REC_EVENT;
+	tap_is_int(store_append(s, c, &h, b, sizeof(b), 1, &off, &len, &e), 0,
+		   "an event may follow the seal (store.h invariant 5)");
 	store_close(s);
 	s = NULL;
 	rc = store_open(dev, &info, k, STORE_RDWR, &s, &e);
