@@ -35,10 +35,24 @@ int cert_identity_load(const char *state_dir, unsigned char *sk,
 /* After an erase: libblkid finds no LUKS signature (keys_probe gives
  * -ENODEV), libcryptsetup cannot load a header. 0 when both hold. */
 int cert_post_erase_checks(const char *dev, int *no_sig, int *no_header);
-/* Writes the signed certificate to path (which must not exist). */
+/*
+ * Before an erase with the drive's key: reads the drive's event log,
+ * checks its chain, and returns the "custody" member of the certificate:
+ * the drive's event key and every event followed by an "erased" event
+ * chained to the last one and signed with the drive's event key (it is
+ * never written to the drive, whose keys are about to go). *custody is
+ * NULL, with a note in why, for a drive without an event log. appliance_pk:
+ * the appliance's identity key, named in the erased event's detail.
+ */
+struct json_t;
+int cert_custody(const char *dev, const char *key_file, const unsigned char *appliance_pk,
+		 struct json_t **custody, char *why, size_t why_len, struct err *e);
+/* Writes the signed certificate to path (which must not exist); custody
+ * (may be NULL) becomes its "custody" member. */
 int cert_write(const char *path, const struct drive_info *info,
 	       const char *dev, int keyslots, unsigned long long header_bytes,
 	       unsigned long long when, int no_sig, int no_header,
+	       struct json_t *custody,
 	       const unsigned char *sk, const unsigned char *pk, struct err *e);
 
 /* Prints "ferry-appliance: <e->msg>" (or a generic line when e is empty)

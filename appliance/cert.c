@@ -20,7 +20,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/drive.h"
+#include "../common/event.h"
 #include "../common/keys.h"
+#include "../common/receipt.h"
 #include "../common/util.h"
 #include "appliance.h"
 
@@ -98,9 +101,67 @@ int cert_post_erase_checks(const char *dev, int *no_sig, int *no_header)
 	return *no_sig && *no_header ? 0 : -EIO;
 }
 
+int cert_custody(const char *dev, const char *key_file, const unsigned char *appliance_pk,
+		 json_t **custody, char *why, size_t why_len, struct err *e)
+{
+	struct drive *d = NULL;
+	struct event_log l = { 0 };
+	struct event *ev = NULL;
+	uint8_t pk[EVENT_PK_LEN];
+	char hex[2 * EVENT_PK_LEN + 1];
+	uint64_t seal_seq, bad;
+	json_t *detail = NULL;
+	int rc;
+
+	*custody = NULL;
+	why[0] = '\0';
+	rc = drive_open(dev, key_file, DRIVE_RDONLY, NULL, &d, e);
+	if (rc == 0)
+		rc = event_log_read(d->store, d->codec, &l, &seal_seq, e);
+	if (rc == 0)
+		rc = event_pubkey(d->keys, pk) < 0 ? err_set(e, -EIO, "no event key") : 0;
+	if (rc == 0)
+		rc = event_chain_check(&l, pk, d->info.uuid_bin, &bad, e);
+	if (rc == 0)
+		rc = event_log_head_check(d->store, &l, e);
+	if (rc < 0) {
+		err_prefix(e, "%s: the drive's event log", dev);
+		goto out;
+	}
+	if (!l.n) {
+		snprintf(why, why_len, "the drive has no event log (prepared before ferry "
+			 "kept one)");
+		goto out;
+	}
+	ev = malloc(sizeof(*ev));
+	detail = event_detail_new("ferry-appliance erase");
+	if (!ev || !detail) {
+		rc = err_set(e, -ENOMEM, "out of memory");
+		goto out;
+	}
+	util_hex(appliance_pk, crypto_sign_PUBLICKEYBYTES, hex);
+	json_object_set_new(detail, "appliance_key", json_string(hex));
+	rc = event_make(ev, EVENT_ERASED, l.n + 1, util_wall_s(), d->info.uuid_bin,
+			l.v[l.n - 1].hash, detail, d->keys, e);
+	if (rc == 0)
+		rc = event_log_push(&l, ev, e);
+	if (rc < 0)
+		goto out;
+	util_hex(pk, sizeof(pk), hex);
+	*custody = json_pack("{s:s,s:o}", "events_key", hex, "events", event_log_to_json(&l));
+	if (!*custody)
+		rc = err_set(e, -ENOMEM, "out of memory");
+out:
+	json_decref(detail);
+	free(ev);
+	event_log_free(&l);
+	drive_close(d);
+	return rc;
+}
+
 int cert_write(const char *path, const struct drive_info *info,
 	       const char *dev, int keyslots, unsigned long long header_bytes,
-	       unsigned long long when, int no_sig, int no_header,
+	       unsigned long long when, int no_sig, int no_header, json_t *custody,
 	       const unsigned char *sk, const unsigned char *pk, struct err *e)
 {
 	unsigned char sig[crypto_sign_BYTES];
@@ -130,6 +191,8 @@ int cert_write(const char *path, const struct drive_info *info,
 		"signer", "algorithm", "ed25519", "public_key", pk_hex);
 	if (!cert)
 		return err_set(e, -ENOMEM, "certificate: out of memory");
+	if (custody)
+		json_object_set(cert, "custody", custody);
 	msg = cert_signed_bytes(cert);
 	if (!msg) {
 		json_decref(cert);
@@ -164,6 +227,64 @@ int cert_write(const char *path, const struct drive_info *info,
 
 /* --- verify-cert ---------------------------------------------------------- */
 
+/*
+ * The certificate's custody log: the events parse and hash to their
+ * hashes, chain under the drive's event key, and end with "erased"; with a
+ * receipt, the log extends the receipt's events exactly (the receipt's MAC
+ * needs the drive's key, which is gone: it is not checked).
+ */
+static int cert_custody_check(json_t *custody, const char *uuid_text,
+			      const char *receipt, size_t *n, size_t *rn, struct err *e)
+{
+	struct event_log l = { 0 };
+	struct receipt r = { 0 };
+	uint8_t pk[EVENT_PK_LEN], uuid[16];
+	const json_t *key = json_object_get(custody, "events_key");
+	size_t ulen = 0;
+	uint64_t bad;
+	int rc;
+
+	*n = *rn = 0;
+	if (!json_is_object(custody) || !json_is_string(key) ||
+	    json_string_length(key) != 2 * EVENT_PK_LEN ||
+	    util_unhex(json_string_value(key), pk, sizeof(pk)) != 0)
+		return err_set(e, -EBADMSG, "custody: events_key missing or not 64 hex digits");
+	if (strlen(uuid_text) != 36 ||
+	    sodium_hex2bin(uuid, sizeof(uuid), uuid_text, 36, "-", &ulen, NULL) != 0 ||
+	    ulen != sizeof(uuid))
+		return err_set(e, -EBADMSG, "drive.uuid is not a UUID");
+	rc = event_log_from_json(json_object_get(custody, "events"), uuid, &l, e);
+	if (rc == 0)
+		rc = event_chain_check(&l, pk, uuid, &bad, e);
+	if (rc == 0 && (!l.n || l.v[l.n - 1].kind != EVENT_ERASED))
+		rc = err_set(e, -EBADMSG, "the custody log does not end with \"erased\"");
+	if (rc < 0) {
+		err_prefix(e, "custody log broken");
+		goto out;
+	}
+	*n = l.n;
+	if (!receipt)
+		goto out;
+	rc = receipt_read(receipt, &r, e);
+	if (rc == 0 && strcmp(r.uuid, uuid_text) != 0)
+		rc = err_set(e, -EBADMSG, "receipt %s is for drive %s", receipt, r.uuid);
+	if (rc == 0 && !r.has_events)
+		rc = err_set(e, -EBADMSG, "receipt %s carries no events", receipt);
+	if (rc == 0 && sodium_memcmp(r.events_key, pk, sizeof(pk)) != 0)
+		rc = err_set(e, -EBADMSG, "receipt %s names another event key", receipt);
+	if (rc == 0)
+		rc = event_log_extends(&r.events, &l, e);
+	if (rc < 0) {
+		err_prefix(e, "the custody log does not extend the receipt's");
+		goto out;
+	}
+	*rn = r.events.n;
+out:
+	receipt_free(&r);
+	event_log_free(&l);
+	return rc;
+}
+
 static void cert_help(void)
 {
 	printf("usage: " APPLIANCE_PROG " verify-cert FILE [--pubkey KEY]\n\n"
@@ -172,6 +293,9 @@ static void cert_help(void)
 	       "options:\n"
 	       "  --pubkey KEY  also require this signer: 64 hex digits, or a "
 	       "file holding them\n"
+	       "  --receipt R   also check that the certificate's custody log "
+	       "extends the\n"
+	       "                receipt's events exactly\n"
 	       "  --json        print the certified facts as one JSON object\n"
 	       "  --help        this text\n");
 }
@@ -215,9 +339,10 @@ static int cert_is_int(json_t *o, const char *k)
 
 int appliance_verify_cert(int argc, char **argv)
 {
-	enum { OPT_PUBKEY = 256, OPT_JSON, OPT_HELP };
+	enum { OPT_PUBKEY = 256, OPT_JSON, OPT_HELP, OPT_RECEIPT };
 	static const struct option longopts[] = {
 		{ "pubkey", required_argument, NULL, OPT_PUBKEY },
+		{ "receipt", required_argument, NULL, OPT_RECEIPT },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "help", no_argument, NULL, OPT_HELP },
 		{ NULL, 0, NULL, 0 },
@@ -225,7 +350,9 @@ int appliance_verify_cert(int argc, char **argv)
 	unsigned char pk[crypto_sign_PUBLICKEYBYTES];
 	unsigned char want[crypto_sign_PUBLICKEYBYTES];
 	unsigned char sig[crypto_sign_BYTES];
-	const char *path, *pubkey = NULL, *sig_hex, *pk_hex;
+	const char *path, *pubkey = NULL, *sig_hex, *pk_hex, *receipt = NULL;
+	size_t nev = 0, nrec = 0;
+	json_t *custody;
 	json_t *cert, *drive, *checks, *signer;
 	json_error_t jerr;
 	uint8_t *buf = NULL;
@@ -239,6 +366,9 @@ int appliance_verify_cert(int argc, char **argv)
 		switch (c) {
 		case OPT_PUBKEY:
 			pubkey = optarg;
+			break;
+		case OPT_RECEIPT:
+			receipt = optarg;
 			break;
 		case OPT_JSON:
 			json = 1;
@@ -323,6 +453,17 @@ int appliance_verify_cert(int argc, char **argv)
 		return appliance_failf("%s: signed, but a post-erase check "
 				       "failed", path);
 	}
+	custody = json_object_get(cert, "custody");
+	if (receipt && !custody) {
+		json_decref(cert);
+		return appliance_failf("%s: carries no custody log to check against "
+				       "receipt %s (erased without --key-file)", path, receipt);
+	}
+	if (custody && cert_custody_check(custody, cert_str(drive, "uuid"), receipt, &nev,
+					  &nrec, &e) < 0) {
+		json_decref(cert);
+		return appliance_failf("%s: %s", path, e.msg);
+	}
 	if (json) {
 		json_t *o = json_deep_copy(cert);
 
@@ -346,6 +487,15 @@ int appliance_verify_cert(int argc, char **argv)
 	       (long long)json_integer_value(
 		       json_object_get(cert, "header_bytes_overwritten")),
 	       cert_str(cert, "erased_at"));
+	if (custody)
+		printf("  custody   %zu events, chain intact, ending with \"erased\" "
+		       "(drive event key %s)\n", nev,
+		       cert_str(custody, "events_key"));
+	else
+		printf("  custody   none (erased without the drive's key file)\n");
+	if (receipt)
+		printf("  receipt   the custody log extends the %zu events of %s exactly "
+		       "(its MAC needs the erased drive's key: not checked)\n", nrec, receipt);
 	json_decref(cert);
 	return APPLIANCE_EXIT_OK;
 }

@@ -29,6 +29,7 @@ struct erase_opts {
 	const char *dev;
 	const char *certificate;
 	const char *state;
+	const char *key_file;
 	int yes;
 	int json;
 };
@@ -47,14 +48,20 @@ static void erase_help(void)
 	       "                     (default STATE/erase-UUID-TIME.json)\n"
 	       "  --state DIR        the appliance's state folder (identity "
 	       "key)\n"
+	       "  --key-file F       the drive's key file: the drive's event log, "
+	       "checked, and\n"
+	       "                     an \"erased\" event signed with the drive's "
+	       "event key go\n"
+	       "                     in the certificate (without it they do not)\n"
 	       "  --json             print the result as one JSON object\n"
 	       "  --help             this text\n");
 }
 
 static int erase_parse(int argc, char **argv, struct erase_opts *o)
 {
-	enum { OPT_YES = 256, OPT_JSON, OPT_HELP, OPT_CERT, OPT_STATE };
+	enum { OPT_YES = 256, OPT_JSON, OPT_HELP, OPT_CERT, OPT_STATE, OPT_KEY_FILE };
 	static const struct option longopts[] = {
+		{ "key-file", required_argument, NULL, OPT_KEY_FILE },
 		{ "yes", no_argument, NULL, OPT_YES },
 		{ "certificate", required_argument, NULL, OPT_CERT },
 		{ "state", required_argument, NULL, OPT_STATE },
@@ -79,6 +86,9 @@ static int erase_parse(int argc, char **argv, struct erase_opts *o)
 			break;
 		case OPT_STATE:
 			o->state = optarg;
+			break;
+		case OPT_KEY_FILE:
+			o->key_file = optarg;
 			break;
 		case OPT_HELP:
 			erase_help();
@@ -140,6 +150,8 @@ int appliance_erase(int argc, char **argv)
 	unsigned char pk[crypto_sign_PUBLICKEYBYTES];
 	char pk_hex[crypto_sign_PUBLICKEYBYTES * 2 + 1];
 	uint64_t header, when;
+	json_t *custody = NULL;
+	char no_custody[160] = "no --key-file: the drive's event log is not in the certificate";
 	int rc, no_sig = 0, no_header = 0;
 	size_t i, j;
 
@@ -176,9 +188,18 @@ int appliance_erase(int argc, char **argv)
 		return appliance_failf("%s: exists already; the certificate "
 				       "would overwrite it", cert);
 	}
+	/* The custody log is read and checked while the keys still exist; a
+	 * broken log stops the erase before anything is destroyed. */
+	if (o.key_file && cert_custody(o.dev, o.key_file, pk, &custody, no_custody,
+				       sizeof(no_custody), &e) < 0) {
+		sodium_memzero(sk, sizeof(sk));
+		return appliance_failf("%s; nothing was erased (erase without --key-file "
+				       "to erase anyway)", e.msg);
+	}
 	rc = keys_erase(o.dev, report, sizeof(report), &e);
 	if (rc < 0) {
 		sodium_memzero(sk, sizeof(sk));
+		json_decref(custody);
 		return appliance_fail(&e);
 	}
 	rc = erase_superblocks(o.dev, &info, &e);
@@ -195,21 +216,33 @@ int appliance_erase(int argc, char **argv)
 			     "header" : "a LUKS header still loads");
 	if (rc == 0)
 		rc = cert_write(cert, &info, o.dev, info.keyslots, header, when,
-				no_sig, no_header, sk, pk, &e);
+				no_sig, no_header, custody, sk, pk, &e);
 	sodium_memzero(sk, sizeof(sk));
-	if (rc < 0)
+	if (rc < 0) {
+		json_decref(custody);
 		return appliance_failf("%s (the keys are already destroyed: "
 				       "the data cannot be decrypted)", e.msg);
-	if (o.json)
-		return appliance_json_print(json_pack(
-			"{s:s,s:b,s:i,s:o,s:i,s:s,s:s}", "device", o.dev, "erased", 1,
+	}
+	if (o.json) {
+		rc = appliance_json_print(json_pack(
+			"{s:s,s:b,s:i,s:o,s:i,s:s,s:s,s:b}", "device", o.dev, "erased", 1,
 			"keyslots_destroyed", info.keyslots,
 			"header_bytes_overwritten", appliance_json_u64(header),
 			"superblocks_zeroed", 2, "certificate", cert,
-			"signer", pk_hex));
+			"signer", pk_hex, "custody", custody != NULL));
+		json_decref(custody);
+		return rc;
+	}
 	printf("%s: crypto-erased: %s and both ferry superblocks; the data left "
 	       "on the drive can no longer be decrypted\n", o.dev, report);
 	printf("%s: erasure certificate written to %s (signed by appliance "
 	       "key %s)\n", o.dev, cert, pk_hex);
+	if (custody)
+		printf("%s: the certificate carries the drive's event log, %zu events "
+		       "ending with \"erased\"\n", o.dev,
+		       json_array_size(json_object_get(custody, "events")));
+	else
+		printf("%s: %s\n", o.dev, no_custody);
+	json_decref(custody);
 	return APPLIANCE_EXIT_OK;
 }

@@ -504,6 +504,18 @@ out:
 	return rc;
 }
 
+int event_log_head_check(struct store *s, const struct event_log *l, struct err *e)
+{
+	const struct sb *sb = store_sb(s);
+
+	if (sb->event_seq != l->n ||
+	    (l->n && sodium_memcmp(sb->event_head, l->v[l->n - 1].hash, EVENT_HASH_LEN) != 0))
+		return err_set(e, -EBADMSG, "the superblock names event %llu as the newest, the"
+			       " log holds %zu events (an event was removed or rewritten)",
+			       (unsigned long long)sb->event_seq, l->n);
+	return 0;
+}
+
 int event_append(struct store *s, struct codec *c, const struct keys *k,
 		 const uint8_t uuid[16], uint32_t kind, const json_t *detail,
 		 struct event *out, struct err *e)

@@ -158,6 +158,10 @@ int event_record_open(struct codec *c, const struct rec_hdr *h,
 int event_log_read(struct store *s, struct codec *c, struct event_log *l,
 		   uint64_t *seal_seq, struct err *e);
 
+/* The superblock's newest event is the last of l (read by
+ * event_log_read): -EBADMSG otherwise. */
+int event_log_head_check(struct store *s, const struct event_log *l, struct err *e);
+
 /*
  * Appends the next event to the drive: reads the newest event the
  * superblock names (checking its record against the superblock's head

@@ -357,7 +357,6 @@ int ingest_log_check(struct drive *d, struct ingest_bufs *b,
 int ingest_events_check(struct drive *d, const struct receipt *r,
 			struct event_log *l, uint64_t *bad, struct err *e)
 {
-	const struct sb *sb = store_sb(d->store);
 	uint8_t pk[EVENT_PK_LEN];
 	uint64_t seal_seq;
 	int rc;
@@ -370,15 +369,10 @@ int ingest_events_check(struct drive *d, const struct receipt *r,
 	if (rc < 0)
 		return err_set(e, rc, "event log: cannot derive the drive's event key");
 	rc = event_chain_check(l, pk, d->info.uuid_bin, bad, e);
+	if (rc == 0)
+		rc = event_log_head_check(d->store, l, e);
 	if (rc < 0)
 		return err_prefix(e, "event log broken");
-	if (sb->event_seq != l->n ||
-	    (l->n && sodium_memcmp(sb->event_head, l->v[l->n - 1].hash, EVENT_HASH_LEN) != 0)) {
-		*bad = l->n < sb->event_seq ? l->n + 1 : sb->event_seq;
-		return err_set(e, -EBADMSG, "event log broken: the superblock names event %llu"
-			       " as the newest, the log holds %zu events (an event was removed"
-			       " or rewritten)", (unsigned long long)sb->event_seq, l->n);
-	}
 	if (r && r->has_events) {
 		rc = event_log_extends(&r->events, l, e);
 		if (rc < 0)
