@@ -1,6 +1,7 @@
 /*
- * ferry-ingest verify: checks an arrived drive and writes nothing anywhere
- * (the drive is opened read-only, the manifest rebuilt in memory).
+ * ferry-ingest verify: checks an arrived drive (opened read-only, the
+ * manifest rebuilt in memory). The only write: a sealed drive that checked
+ * gets a "verified" event (verify_record).
  *
  * Order of the checks, each proving something the next relies on:
  *  1. opening the drive: the key opens a keyslot, the superblock MAC holds,
@@ -13,7 +14,9 @@
  *     before, and the last one is the seal naming this manifest;
  *  4. every chunk the manifest names is read where it says, and
  *     authenticated (with --deep its id is recomputed from the plaintext);
- *  5. per disk, the root recomputed from the extents equals the stored one.
+ *  5. per disk, the root recomputed from the extents equals the stored one;
+ *  6. the chain-of-custody events chain, are signed by the drive's event key
+ *     and, with a receipt, extend the receipt's exactly.
  * Damage from 3-5 is collected, not fatal: the report names every damaged
  * byte range of every disk.
  */
@@ -71,11 +74,13 @@ struct verify_result {
 static void verify_help(void)
 {
 	printf("usage: " INGEST_PROG " verify DEVICE [OPTIONS]\n\n"
-	       "Checks an arrived ferry drive without writing anything: the log "
-	       "chain, every\nchunk (read and authenticated), every disk's root "
-	       "hash and, with --receipt,\nthat the drive is exactly the one that "
-	       "was sealed. Reports per disk OK or the\ndamaged byte ranges "
-	       "(OFFSET+LENGTH). Exit 0 when everything checks, 1 otherwise.\n\n"
+	       "Checks an arrived ferry drive: the log chain, every chunk (read "
+	       "and\nauthenticated), every disk's root hash, the chain-of-custody "
+	       "events and, with\n--receipt, that the drive is exactly the one that "
+	       "was sealed. Reports per disk OK\nor the damaged byte ranges "
+	       "(OFFSET+LENGTH). Exit 0 when everything checks, 1\notherwise. "
+	       "The only write: a sealed drive that checked gets a \"verified\" "
+	       "event.\n\n"
 	       "options:\n"
 	       "  --key-file F   the drive's passphrase or key file (default: "
 	       "prompt)\n"
