@@ -294,8 +294,9 @@ static void test_json(const struct keys *k, const uint8_t *pk)
 	tap_ok(event_log_from_json(arr, uuid, &got, &e) < 0 && strstr(e.msg, "kind"),
 	       "unknown kind refused: %s", e.msg);
 	json_decref(arr);
-	tap_ok(event_log_from_json(json_string("x"), uuid, &got, &e) < 0,
-	       "not an array refused");
+	arr = json_string("x");
+	tap_ok(event_log_from_json(arr, uuid, &got, &e) < 0, "not an array refused");
+	json_decref(arr);
 	event_log_free(&l);
 }
 
