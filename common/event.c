@@ -183,9 +183,10 @@ int event_parse(const uint8_t *buf, size_t len, struct event *ev, struct err *e)
 	if (buf[7] != 0)
 		return err_set(e, -EBADMSG, "event: reserved byte set");
 	ev->seq = le64_load(buf + 8);
-	if (ev->seq == 0)
-		return err_set(e, -EBADMSG, "event: number 0");
 	ev->time = le64_load(buf + 16);
+	/* Both fit a JSON integer (jansson's are signed 64-bit). */
+	if (ev->seq == 0 || ev->seq > INT64_MAX || ev->time > INT64_MAX)
+		return err_set(e, -EBADMSG, "event: number or time out of range");
 	memcpy(ev->uuid, buf + 24, 16);
 	memcpy(ev->prev, buf + 40, EVENT_HASH_LEN);
 	dlen = le32_load(buf + 72);
