@@ -30,6 +30,7 @@
 #include "../common/blockhash.h"
 #include "../common/cli.h"
 #include "../common/drive.h"
+#include "../common/event.h"
 #include "../common/fault.h"
 #include "../common/keywrap.h"
 #include "../common/pool.h"
@@ -1134,6 +1135,47 @@ static int open_block_hashes(struct writer *w, const char *mpath, struct err *e)
 	return 0;
 }
 
+/*
+ * A finished write run that seeded a disk is a "seeded" event of the
+ * drive's chain of custody (common/event.h), committed on its own after the
+ * run's last checkpoint. A drive without an event log gets none.
+ */
+static int record_seeded(struct writer *w, struct err *e)
+{
+	uint64_t read = 0, added = 0;
+	json_t *detail, *names;
+	size_t i, n = 0;
+	int rc;
+
+	for (i = 0; i < w->ndisks; i++)
+		n += !w->disks[i].skip;
+	if (!n)
+		return 0;       /* every disk was seeded already: nothing happened */
+	detail = event_detail_new("ferry-seed write");
+	names = json_array();
+	for (i = 0; i < w->ndisks; i++) {
+		read += w->disks[i].read_bytes;
+		added += w->disks[i].new_chunks;
+		if (!w->disks[i].skip)
+			json_array_append_new(names, json_string(w->disks[i].name));
+	}
+	if (detail) {
+		json_object_set_new(detail, "disks", names);
+		json_object_set_new(detail, "read_bytes", json_integer((json_int_t)read));
+		json_object_set_new(detail, "new_chunks", json_integer((json_int_t)added));
+	} else {
+		json_decref(names);
+	}
+	rc = event_append(w->d->store, w->d->codec, w->d->keys, w->d->info.uuid_bin,
+			  EVENT_SEEDED, detail, NULL, e);
+	json_decref(detail);
+	if (rc == -ENOENT)
+		return 0;
+	if (rc == 0)
+		rc = drive_mark(w->d, DRIVE_SEEDING, e);
+	return rc;
+}
+
 int seed_write_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -1374,6 +1416,8 @@ int seed_write_main(int argc, char **argv)
 		rc = manifest_commit(w.d->man, &e);
 	for (i = 0; i < w.ndisks && rc == 0; i++)
 		rc = bh_sync(w.disks[i].bh, &e);
+	if (rc == 0)
+		rc = record_seeded(&w, &e);
 	if (rc < 0)
 		goto fail;
 	print_summary(&w, 1, NULL, util_now_ns() - t0);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 67_events: the chain-of-custody log (docs/FORMAT.md "Event log"). A full
 # life cycle prepare -> write -> seal -> verify -> run -> erase records
-# prepared, sealed, verified, ingested in order on the drive and erased in
+# prepared, seeded, sealed, verified, ingested in order on the drive and erased in
 # the certificate, and the chain verifies. On copies of the drive an event
 # removed, re-signed with another key, reordered or duplicated, and a
 # receipt whose events were edited, are each detected and named (exit 1).
@@ -42,29 +42,29 @@ if python3 - "$T/r.json" <<'EOF'; then
 import json, sys
 r = json.load(open(sys.argv[1]))
 ev = r["events"]
-assert [e["kind"] for e in ev] == ["prepared", "sealed"], ev
+assert [e["kind"] for e in ev] == ["prepared", "seeded", "sealed"], ev
 assert r["events_head"] == ev[-1]["hash"] and len(r["events_key"]) == 64
-assert ev[1]["prev"] == ev[0]["hash"] and ev[0]["prev"] == "0" * 64
-assert ev[1]["detail"]["tool"] == "ferry-seed seal"
+assert ev[2]["prev"] == ev[1]["hash"] and ev[0]["prev"] == "0" * 64
+assert ev[1]["detail"]["disks"] == ["s"] and ev[2]["detail"]["tool"] == "ferry-seed seal"
 EOF
-	ok "receipt carries prepared, sealed, the head and the event key"
+	ok "receipt carries prepared, seeded, sealed, the head and the event key"
 else
-	not_ok "receipt carries prepared, sealed, the head and the event key" "$(cat "$T/r.json")"
+	not_ok "receipt carries prepared, seeded, sealed, the head and the event key" "$(cat "$T/r.json")"
 fi
 "$INGEST" verify "$D" --key-file "$T/key" --receipt "$T/r.json" >"$T/v.out" 2>&1
 rc=$?
 eq "verify --receipt: exit 0" "$rc" 0
 has "verify reports the events and the receipt's" "$T/v.out" \
-	'^events: 3, chain intact, extends the receipt.s exactly'
+	'^events: 4, chain intact, extends the receipt.s exactly'
 check "run --receipt" "$INGEST" run "$D" --to "$T/out" --key-file "$T/key" \
 	--receipt "$T/r.json" --state "$T/ist"
 "$INGEST" events "$D" --key-file "$T/key" --receipt "$T/r.json" >"$T/e.out" 2>&1
 rc=$?
 eq "events --receipt: exit 0" "$rc" 0
-has "events: chain intact" "$T/e.out" '^chain intact: 4 events signed by event key [0-9a-f]{64}'
-has "events: extends the receipt" "$T/e.out" "extends the receipt's 2 events exactly"
+has "events: chain intact" "$T/e.out" '^chain intact: 5 events signed by event key [0-9a-f]{64}'
+has "events: extends the receipt" "$T/e.out" "extends the receipt's 3 events exactly"
 "$INGEST" events "$D" --key-file "$T/key" --json >"$T/e.json" 2>&1
-eq "every step in order" "$(kinds "$T/e.json")" "prepared sealed verified ingested"
+eq "every step in order" "$(kinds "$T/e.json")" "prepared seeded sealed verified ingested"
 check "the receipt still matches the drive after post-seal events" \
 	"$INGEST" verify "$D" --keyless --receipt "$T/r.json"
 
@@ -81,17 +81,17 @@ tamper() { # NAME OP PATTERN
 	expect_fail "$1: verify fails naming it" 1 "$3" \
 		"$INGEST" verify "$x" --key-file "$T/key" --receipt "$T/r.json"
 }
-tamper "event removed" remove 'event 3 \(ingested, numbered 4\) comes too early'
+tamper "event removed" remove 'event 4 \(ingested, numbered 5\) comes too early'
 tamper "event re-signed with another key" resign \
-	'event 3 \(verified.*signature does not verify'
-tamper "events reordered" reorder 'event 3 \(ingested, numbered 4\)'
-tamper "event duplicated" duplicate 'event 5 \(ingested, numbered 4\) comes again'
+	'event 4 \(verified.*signature does not verify'
+tamper "events reordered" reorder 'event 4 \(ingested, numbered 5\)'
+tamper "event duplicated" duplicate 'event 6 \(ingested, numbered 5\) comes again'
 x=$T/t_truncate.img
 cp --sparse=always "$D" "$x"
 "$TAMPER" "$x" "$T/key" truncate >/dev/null 2>&1
 "$INGEST" events "$x" --key-file "$T/key" --json >"$T/et.json" 2>/dev/null
 eq "the newest event dropped by a key holder: not visible from the drive alone" \
-	"$(kinds "$T/et.json")" "prepared sealed verified"
+	"$(kinds "$T/et.json")" "prepared seeded sealed verified"
 
 # --- receipt whose event list was edited -------------------------------------
 redit() { # NAME PYEXPR PATTERN
@@ -104,13 +104,13 @@ EOF
 	expect_fail "$1" 1 "$3" "$INGEST" verify "$D" --key-file "$T/key" --receipt "$T/re.json"
 }
 redit "receipt event detail edited" 'r["events"][1]["detail"]["disks"] = 7' \
-	'receipt field "events": event 2 \(sealed\): its fields do not hash'
+	'receipt field "events": event 2 \(seeded\): its fields do not hash'
 redit "receipt event dropped (head fixed up)" \
 	'r["events"].pop(); r["events_head"] = r["events"][-1]["hash"]' \
 	'receipt .*changed or belongs to another drive \(MAC mismatch\)'
 redit "receipt events swapped (hashes kept)" \
 	'r["events"].reverse(); r["events_head"] = r["events"][-1]["hash"]' \
-	'event log: event 1 \(sealed, numbered 2\)'
+	'event log: event 1 \(sealed, numbered 3\)'
 redit "receipt event key replaced" 'r["events_key"] = "ab" * 32' \
 	"its event key is not this drive's"
 
@@ -122,15 +122,15 @@ cp --sparse=always "$D" "$E"
 rc=$?
 eq "erase --key-file: exit 0" "$rc" 0
 has "erase says the certificate carries the log" "$T/er.out" \
-	'carries the drive.s event log, 5 events ending with "erased"'
+	'carries the drive.s event log, 6 events ending with "erased"'
 if python3 - "$T/c.json" "$T/e.json" <<'EOF'; then
 import json, sys
 c = json.load(open(sys.argv[1]))["custody"]
 d = json.load(open(sys.argv[2]))
 ev = c["events"]
-assert [e["kind"] for e in ev] == ["prepared", "sealed", "verified", "ingested", "erased"]
-assert ev[:4] == d["events"], "the drive's events, unchanged"
-assert ev[4]["prev"] == ev[3]["hash"] and c["events_key"] == d["events_key"]
+assert [e["kind"] for e in ev] == ["prepared", "seeded", "sealed", "verified", "ingested", "erased"]
+assert ev[:5] == d["events"], "the drive's events, unchanged"
+assert ev[5]["prev"] == ev[4]["hash"] and c["events_key"] == d["events_key"]
 EOF
 	ok "certificate: the drive's events and erased, chained to the last"
 else
@@ -140,14 +140,14 @@ fi
 rc=$?
 eq "verify-cert --receipt: exit 0" "$rc" 0
 has "verify-cert: custody chain intact" "$T/vc.out" \
-	'custody   5 events, chain intact, ending with "erased"'
-has "verify-cert: extends the receipt" "$T/vc.out" 'extends the 2 events of .* exactly'
+	'custody   6 events, chain intact, ending with "erased"'
+has "verify-cert: extends the receipt" "$T/vc.out" 'extends the 3 events of .* exactly'
 cp --sparse=always "$T/t_remove.img" "$T/e2.img"
 expect_fail "erase refuses a drive whose event log is broken, erasing nothing" 1 \
-	'event log: event 3 .*nothing was erased' \
+	'event log: event 4 .*nothing was erased' \
 	"$APPLIANCE" erase "$T/e2.img" --yes --key-file "$T/key" --state "$T/ast" \
 	--certificate "$T/c2.json"
-expect_fail "that drive was not erased: its key still opens it" 1 'event 3 \(ingested' \
+expect_fail "that drive was not erased: its key still opens it" 1 'event 4 \(ingested' \
 	"$INGEST" events "$T/e2.img" --key-file "$T/key"
 "$APPLIANCE" erase "$T/e2.img" --yes --state "$T/ast" --certificate "$T/c3.json" \
 	>"$T/er3.out" 2>&1
