@@ -1,6 +1,7 @@
 # ferry: one non-recursive Makefile.
 #   make            build the programs into build/
-#   make check      install missing Debian packages, build, run every test
+#   make check      install missing Debian packages, build, run every test,
+#                   then all of them again under ASan+UBSan (CHECK_SAN=0: not)
 #   make demo       the whole job on a built-in example, with figures
 #   make bench      benchmarks side by side with peers (see bench/)
 #   make SAN=1 ...  the same in build-san/ with ASan+UBSan
@@ -130,9 +131,19 @@ deps:
 deps-ok:
 	@sh tests/deps.sh --if-missing
 
+# make check: every test on build/, then all of them again on the ASan+UBSan
+# build in build-san/ (CHECK_SAN=0 skips that second run); one summary line.
+# make SAN=1 check: the sanitizer build alone.
+CHECK_SAN ?= 1
+NPROC := $(shell nproc 2>/dev/null || echo 2)
 check: deps-ok
-	$(Q)$(MAKE) --no-print-directory all
+	$(Q)$(MAKE) --no-print-directory -j$(NPROC) all
+ifeq ($(B)$(CHECK_SAN),build1)
+	$(Q)$(MAKE) --no-print-directory -j$(NPROC) SAN=1 all
+	$(Q)FERRY_BUILDS="$(CURDIR)/build $(CURDIR)/build-san" sh tests/run.sh
+else
 	$(Q)FERRY_BUILD=$(CURDIR)/$(B) sh tests/run.sh
+endif
 
 demo: deps-ok
 	$(Q)$(MAKE) --no-print-directory all

@@ -8,6 +8,11 @@
 #   sh tests/run.sh                     everything
 #   sh tests/run.sh e2e/roundtrip 'unit/test_img*'   a subset (names or globs)
 #
+# FERRY_BUILDS="DIR1 DIR2" runs the whole selection once per build folder
+# (make check: build/, then the ASan+UBSan build-san/), names prefixed with
+# the folder's name after the first, and still ends with one summary line.
+# A build folder named *-san exports FERRY_SANITIZED=1 to the tests.
+#
 # A program that exits nonzero or dies without a "not ok" line, that times
 # out, or whose plan ("1..N") is missing or disagrees with its results,
 # counts as one more failure: a crash must never pass silently.
@@ -15,6 +20,7 @@
 
 FERRY_SRC=$(cd "$(dirname "$0")/.." && pwd)
 FERRY_BUILD=${FERRY_BUILD:-$FERRY_SRC/build}
+FERRY_BUILDS=${FERRY_BUILDS:-$FERRY_BUILD}
 export FERRY_SRC FERRY_BUILD
 TEST_TIMEOUT=${TEST_TIMEOUT:-600}
 
@@ -98,29 +104,50 @@ run_one() {
 	skipped=$((skipped + s))
 }
 
-if [ -d "$FERRY_BUILD/tests" ]; then
-	for t in "$FERRY_BUILD"/tests/test_*; do
-		if [ ! -f "$t" ] || [ ! -x "$t" ]; then
-			continue
+# run_suite PREFIX PATTERNS...: the unit tests of $FERRY_BUILD, then the e2e scripts.
+run_suite() {
+	prefix=$1
+	shift
+	if [ -d "$FERRY_BUILD/tests" ]; then
+		for t in "$FERRY_BUILD"/tests/test_*; do
+			if [ ! -f "$t" ] || [ ! -x "$t" ]; then
+				continue
+			fi
+			name=unit/$(basename "$t")
+			wanted "$name" "$@" || continue
+			run_one "$prefix$name" "$t"
+		done
+	else
+		echo "# no unit tests: $FERRY_BUILD/tests does not exist (run make)"
+		if [ $# -eq 0 ]; then
+			echo "run.sh: no unit tests in $FERRY_BUILD/tests" >>"$work/failures"
+			failed=$((failed + 1))
 		fi
-		name=unit/$(basename "$t")
-		wanted "$name" "$@" || continue
-		run_one "$name" "$t"
-	done
-else
-	echo "# no unit tests: $FERRY_BUILD/tests does not exist (run make)"
-	if [ $# -eq 0 ]; then
-		echo "run.sh: no unit tests in $FERRY_BUILD/tests" >>"$work/failures"
-		failed=$((failed + 1))
 	fi
-fi
 
-for t in "$FERRY_SRC"/tests/e2e/*.sh; do
-	[ -f "$t" ] || continue
-	case $t in */lib.sh | */*_lib.sh) continue ;; esac
-	name=e2e/$(basename "$t" .sh)
-	wanted "$name" "$@" || continue
-	run_one "$name" bash "$t"
+	for t in "$FERRY_SRC"/tests/e2e/*.sh; do
+		[ -f "$t" ] || continue
+		case $t in */lib.sh | */*_lib.sh) continue ;; esac
+		name=e2e/$(basename "$t" .sh)
+		wanted "$name" "$@" || continue
+		run_one "$prefix$name" bash "$t"
+	done
+}
+
+first=1
+for FERRY_BUILD in $FERRY_BUILDS; do
+	case $FERRY_BUILD in
+	*-san) FERRY_SANITIZED=1 ;;
+	*) FERRY_SANITIZED=0 ;;
+	esac
+	export FERRY_BUILD FERRY_SANITIZED
+	if [ $first = 1 ]; then
+		run_suite "" "$@"
+	else
+		echo "== the same again with $FERRY_BUILD"
+		run_suite "$(basename "$FERRY_BUILD"): " "$@"
+	fi
+	first=0
 done
 
 if [ -s "$work/failures" ]; then
