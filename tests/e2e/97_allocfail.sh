@@ -6,7 +6,9 @@
 # run that fails must exit 1 with exactly one line on stderr (no abort, no
 # signal, no second line); the walk ends with the first run whose N-th
 # allocation never came (it completed untouched). Past FERRY_ALLOCFAIL_STEP
-# (default 12) points N grows by half at a time, to bound the time;
+# (default 12) points N grows by a quarter to three quarters at a time
+# (random, so every run samples other points; FERRY_ALLOCFAIL_SEED repeats
+# a run's choice, printed at the start), to bound the time;
 # FERRY_ALLOCFAIL_STEP=0 walks every point. After each walk the inputs the
 # last failed run left are used again without failures: the operation
 # completes, and the end result is byte-identical to the source.
@@ -17,6 +19,8 @@
 
 SHIM=$FERRY_BUILD/tools/failmalloc.so
 STEP=${FERRY_ALLOCFAIL_STEP:-12}
+WALK_SEED=${FERRY_ALLOCFAIL_SEED:-$((RANDOM * 32768 + RANDOM))}
+RANDOM=$WALK_SEED
 if [ ! -e "$SHIM" ]; then
 	skip "allocation-failure walk" "no $SHIM (built by make)"
 	done_testing
@@ -56,7 +60,7 @@ walk() {
 	LASTN=
 	while :; do
 		if [ "$STEP" -gt 0 ] && [ "$n" -ge "$STEP" ]; then
-			n=$((n + n / 2))
+			n=$((n + n / 4 + RANDOM % (n / 2 + 1)))
 		else
 			n=$((n + 1))
 		fi
@@ -64,8 +68,10 @@ walk() {
 		mkdir -p "$T/w"
 		"$setup"
 		rm -f "$T/fm.log"
-		(cd "$T/w" && FERRY_FAILMALLOC=$n FERRY_FAILMALLOC_LOG=$T/fm.log LD_PRELOAD=$SHIM \
-			timeout -s KILL 60 "$@" >"$T/out" 2>"$T/err")
+		# The shim goes into the program only, not into timeout, whose own
+		# allocations would otherwise be counted and failed.
+		(cd "$T/w" && timeout -s KILL 60 env FERRY_FAILMALLOC=$n \
+			FERRY_FAILMALLOC_LOG="$T/fm.log" LD_PRELOAD="$SHIM" "$@" >"$T/out" 2>"$T/err")
 		rc=$?
 		read -r _ calls _ failed <"$T/fm.log" 2>/dev/null || { calls='?'; failed='?'; }
 		if [ "$failed" = 0 ]; then
@@ -198,6 +204,6 @@ again "ingest apply" w_apply "$INGEST" apply --journal "$J" --state "$T/ingested
 	--key-file "$K"
 same "ingest apply: the target equals the changed source" "$src" "$T/ingested/out/a.raw"
 
-diag "allocation failure points walked / allocations per operation:${summary%,}"
+diag "allocation failure points walked / allocations per operation:${summary%,} (FERRY_ALLOCFAIL_SEED=$WALK_SEED)"
 eq "allocation failures that crashed or said more than one line" "$bugs" 0
 done_testing

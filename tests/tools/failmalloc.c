@@ -12,7 +12,8 @@
  *   FERRY_FAILMALLOC_SPARE=S,S...
  *                            calls made directly from a loaded object whose
  *                            path contains one of the S are neither counted
- *                            nor failed (default "libcrypto.so,libjson-c.so";
+ *                            nor failed (default
+ *                            "libcrypto.so,libjson-c.so,ld-linux";
  *                            empty: none spared)
  *
  * Why these two are spared by default (Debian 12's versions): OpenSSL 3.0
@@ -22,7 +23,12 @@
  * nothing a caller can check reports it (OSSL_LIB_CTX_get0_global_default,
  * which would, came in 3.2). json-c 0.16, which libcryptsetup uses to parse
  * LUKS2 metadata, crashes (strlen of a NULL key) when its key strdup fails
- * in json_tokener_parse_ex. Neither is reachable from ferry's code.
+ * in json_tokener_parse_ex. Neither is reachable from ferry's code. The
+ * dynamic loader (ld-linux) is spared because glibc aborts, by design,
+ * when pthread_exit cannot load libgcc_s for unwinding, and libargon2's
+ * worker threads (libcryptsetup's Argon2id) end with pthread_exit: a
+ * failed dlopen inside glibc is the system's failure, not an error path
+ * ferry could take.
  *
  * Counting starts when main() is entered (the shim wraps
  * __libc_start_main), so the libraries' constructors, which run before
@@ -311,7 +317,7 @@ static int fm_main_wrap(int argc, char **argv, char **envp)
 		const char *spare = getenv("FERRY_FAILMALLOC_SPARE");
 
 		if (!spare)
-			spare = "libcrypto.so,libjson-c.so";
+			spare = "libcrypto.so,libjson-c.so,ld-linux";
 		if (*spare)
 			dl_iterate_phdr(fm_find_spared, (void *)(uintptr_t)spare);
 	}
