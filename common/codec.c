@@ -104,8 +104,18 @@ void rec_digest(const uint8_t *rec, size_t len, uint8_t out[REC_DIGEST_LEN])
 	    !EVP_DigestUpdate(ctx, rec, 64) || !EVP_DigestUpdate(ctx, rec + 96, 24) ||
 	    (len > REC_HDR_LEN &&
 	     !EVP_DigestUpdate(ctx, rec + REC_HDR_LEN, len - REC_HDR_LEN)) ||
-	    !EVP_DigestFinal_ex(ctx, out, &n))
-		memset(out, 0, REC_DIGEST_LEN);
+	    !EVP_DigestFinal_ex(ctx, out, &n)) {
+		/* OpenSSL could not (out of memory): the same SHA-256 from
+		 * libsodium, which allocates nothing. */
+		crypto_hash_sha256_state st;
+
+		crypto_hash_sha256_init(&st);
+		crypto_hash_sha256_update(&st, rec, 64);
+		crypto_hash_sha256_update(&st, rec + 96, 24);
+		if (len > REC_HDR_LEN)
+			crypto_hash_sha256_update(&st, rec + REC_HDR_LEN, len - REC_HDR_LEN);
+		crypto_hash_sha256_final(&st, out);
+	}
 	EVP_MD_CTX_free(ctx);
 }
 
@@ -118,7 +128,7 @@ void rec_link(const uint8_t prev[REC_DIGEST_LEN],
 	memcpy(in, prev, REC_DIGEST_LEN);
 	memcpy(in + REC_DIGEST_LEN, digest, REC_DIGEST_LEN);
 	if (!EVP_Digest(in, sizeof(in), out, &n, EVP_sha256(), NULL))
-		memset(out, 0, REC_DIGEST_LEN);
+		crypto_hash_sha256(out, in, sizeof(in)); /* the same, allocation-free */
 }
 
 static void rec_hdr_sum(uint8_t *hdr)
@@ -303,8 +313,12 @@ void codec_chunk_id(const struct keys *k, const uint8_t *data, size_t len,
 	static const uint8_t empty;
 	unsigned int n = 0;
 
+	/* OpenSSL for speed (SHA extensions); when it cannot (out of
+	 * memory), the same HMAC-SHA-256 from libsodium, which allocates
+	 * nothing: an id is never left as something that could match. */
+	_Static_assert(KEYS_KEY_LEN == crypto_auth_hmacsha256_KEYBYTES, "HMAC key length");
 	if (!HMAC(EVP_sha256(), k->id_key, KEYS_KEY_LEN, len ? data : &empty, len, id, &n))
-		memset(id, 0, REC_ID_LEN);
+		crypto_auth_hmacsha256(id, len ? data : &empty, len, k->id_key);
 }
 
 int codec_is_zero(const uint8_t *buf, size_t len)
