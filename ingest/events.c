@@ -72,12 +72,8 @@ static int events_parse(int argc, char **argv, struct events_opts *o)
 			return -ingest_getopt_error(EVENTS_CMD, c, argv);
 		}
 	}
-	if (optind >= argc)
-		return -ingest_usage_error(EVENTS_CMD, "DEVICE is missing");
-	if (optind + 1 < argc)
-		return -ingest_usage_error(EVENTS_CMD, "unexpected argument '%s'",
-					   argv[optind + 1]);
-	o->dev = argv[optind];
+	if (ingest_device_arg(EVENTS_CMD, argc, argv, &o->dev) < 0)
+		return -INGEST_EXIT_USAGE;
 	return 0;
 }
 

@@ -43,6 +43,9 @@ int ingest_events(int argc, char **argv);
  * returns INGEST_EXIT_USAGE. */
 int ingest_usage_error(const char *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/* The one DEVICE operand left after the options (argv[optind]) into *dev;
+ * -1 with the usage error said when it is missing or followed by more. */
+int ingest_device_arg(const char *cmd, int argc, char **argv, const char **dev);
 /* Turns a getopt_long '?' or ':' result into a usage error line. */
 int ingest_getopt_error(const char *cmd, int c, char **argv);
 /* Prints "ferry-ingest: <message>" (e's, or a generic one); returns 1. */

@@ -71,6 +71,20 @@ int ingest_usage_error(const char *cmd, const char *fmt, ...)
 	return INGEST_EXIT_USAGE;
 }
 
+int ingest_device_arg(const char *cmd, int argc, char **argv, const char **dev)
+{
+	if (optind >= argc) {
+		ingest_usage_error(cmd, "DEVICE is missing");
+		return -1;
+	}
+	if (optind + 1 < argc) {
+		ingest_usage_error(cmd, "unexpected argument '%s'", argv[optind + 1]);
+		return -1;
+	}
+	*dev = argv[optind];
+	return 0;
+}
+
 int ingest_getopt_error(const char *cmd, int c, char **argv)
 {
 	const char *opt = optind > 0 ? argv[optind - 1] : "?";

@@ -73,14 +73,10 @@ static int manifest_parse(int argc, char **argv, struct manifest_opts *o)
 			return -ingest_getopt_error(MANIFEST_CMD, c, argv);
 		}
 	}
-	if (optind >= argc)
-		return -ingest_usage_error(MANIFEST_CMD, "DEVICE is missing");
-	if (optind + 1 < argc)
-		return -ingest_usage_error(MANIFEST_CMD, "unexpected argument '%s'",
-					   argv[optind + 1]);
+	if (ingest_device_arg(MANIFEST_CMD, argc, argv, &o->dev) < 0)
+		return -INGEST_EXIT_USAGE;
 	if (!o->out || !*o->out)
 		return -ingest_usage_error(MANIFEST_CMD, "--out FILE is required");
-	o->dev = argv[optind];
 	return 0;
 }
 

@@ -261,16 +261,12 @@ static int run_parse(int argc, char **argv, struct run_opts *o)
 			return -ingest_getopt_error(RUN_CMD, c, argv);
 		}
 	}
-	if (optind >= argc)
-		return -ingest_usage_error(RUN_CMD, "DEVICE is missing");
-	if (optind + 1 < argc)
-		return -ingest_usage_error(RUN_CMD, "unexpected argument '%s'",
-					   argv[optind + 1]);
+	if (ingest_device_arg(RUN_CMD, argc, argv, &o->dev) < 0)
+		return -INGEST_EXIT_USAGE;
 	if ((!o->to || !*o->to) && !o->nuris)
 		return -ingest_usage_error(RUN_CMD, "--to DIR is required");
 	if (o->subformat && strcmp(o->format, "vmdk") != 0)
 		return -ingest_usage_error(RUN_CMD, "--vmdk-subformat needs --format vmdk");
-	o->dev = argv[optind];
 	return 0;
 }
 

@@ -148,17 +148,13 @@ static int verify_parse(int argc, char **argv, struct verify_opts *o)
 			return -ingest_getopt_error(VERIFY_CMD, c, argv);
 		}
 	}
-	if (optind >= argc)
-		return -ingest_usage_error(VERIFY_CMD, "DEVICE is missing");
-	if (optind + 1 < argc)
-		return -ingest_usage_error(VERIFY_CMD, "unexpected argument '%s'",
-					   argv[optind + 1]);
+	if (ingest_device_arg(VERIFY_CMD, argc, argv, &o->dev) < 0)
+		return -INGEST_EXIT_USAGE;
 	if (o->keyless && (o->deep || o->key_file || o->site_key))
 		return -ingest_usage_error(VERIFY_CMD,
 					   "--keyless takes no --deep, --key-file or --site-key");
 	if (o->keyless && !o->receipt)
 		return -ingest_usage_error(VERIFY_CMD, "--keyless needs --receipt");
-	o->dev = argv[optind];
 	return 0;
 }
 
