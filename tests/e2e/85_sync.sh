@@ -77,21 +77,6 @@ print(len(changed) * 4096)
 EOF
 }
 
-# json_pass FILE EXPR: EXPR on the last "pass" event of FILE (as p).
-json_pass() {
-	python3 -c '
-import json, sys
-p = None
-for line in open(sys.argv[1]):
-    try:
-        o = json.loads(line)
-    except ValueError:
-        continue
-    if o.get("event") == "pass":
-        p = o
-print(eval(sys.argv[2]) if p else "no-pass-event")' "$1" "$2" 2>&1
-}
-
 # --- a source, seeded, sealed, ingested ----------------------------------
 src=$T/a.raw
 truncate -s 64M "$src"

@@ -56,23 +56,6 @@ start_nbd() {
 	return 1
 }
 
-# json_pass FILE EXPR: EXPR on the last "pass" event of FILE (as p; d is
-# its first disk).
-json_pass() {
-	python3 -c '
-import json, sys
-p = None
-for line in open(sys.argv[1]):
-    try:
-        o = json.loads(line)
-    except ValueError:
-        continue
-    if o.get("event") == "pass":
-        p = o
-d = p["disks"][0] if p else None
-print(eval(sys.argv[2]) if p else "no-pass-event")' "$1" "$2" 2>&1
-}
-
 sync_once() { # sync_once OUT [ARGS...]
 	local out=$1
 	shift

@@ -44,19 +44,6 @@ apply_once() {
 	timeout 60 "$INGEST" apply --journal "$J" --state "$T/ingest" --key-file "$K"
 }
 
-# pass FILE EXPR: EXPR on the last "pass" event of FILE (p; d its disk).
-pass() {
-	python3 -c '
-import json, sys
-p = None
-for line in open(sys.argv[1]):
-    o = json.loads(line)
-    if o.get("event") == "pass":
-        p = o
-d = p["disks"][0] if p else None
-print(eval(sys.argv[2]) if p else "no-pass-event")' "$1" "$2" 2>&1
-}
-
 # write_round SEED: changes extents of the source (4 KiB blocks, odd
 # offsets and lengths, a range zeroed, data where there was a hole) and
 # appends them to $T/truth (OFFSET LENGTH per line): the ground truth.
@@ -190,15 +177,15 @@ write_round 1
 want=$(lists)
 if sync_once "$T/s1" --mode cbt --cbt-file "a=$T/areas.txt"; then ok "sync --mode cbt --cbt-file"
 else not_ok "sync --mode cbt --cbt-file" "$(tail -n 3 "$T/s1.err")"; fi
-eq "the pass used cbt mode" "$(pass "$T/s1.json" 'd["mode"]')" cbt
+eq "the pass used cbt mode" "$(json_pass "$T/s1.json" 'd["mode"]')" cbt
 eq "nothing said on stderr" "$(wc -l <"$T/s1.err")" 0
-rb=$(pass "$T/s1.json" 'd["read_bytes"]')
+rb=$(json_pass "$T/s1.json" 'd["read_bytes"]')
 if [ "$rb" -gt 0 ] 2>/dev/null && [ $((rb * 10)) -le $((want * 11)) ]; then
 	ok "cbt mode read $rb bytes to find changes (chunk-aligned areas: $want)"
 else
 	not_ok "cbt mode reads only the listed chunks" "read_bytes $rb, chunk-aligned $want"
 fi
-srb=$(pass "$T/s1.json" 'd["source_read_bytes"]')
+srb=$(json_pass "$T/s1.json" 'd["source_read_bytes"]')
 if [ "$srb" -le $((want * 11 / 10)) ] 2>/dev/null; then
 	ok "source bytes read in all (the send reuses what the scan read) $srb <= 1.1 x $want"
 else
@@ -217,9 +204,9 @@ cmd='[ "$FERRY_DISK" = a ] && [ "$FERRY_CHANGE_ID" = "'$CID'" ] &&
 	cat "'$T'/areas.json"'
 if sync_once "$T/s2" --cbt-command "$cmd"; then ok "sync (auto) --cbt-command printing JSON"
 else not_ok "sync (auto) --cbt-command printing JSON" "$(tail -n 3 "$T/s2.err")"; fi
-eq "auto picks cbt mode" "$(pass "$T/s2.json" 'd["mode"]')" cbt
+eq "auto picks cbt mode" "$(json_pass "$T/s2.json" 'd["mode"]')" cbt
 eq "nothing said on stderr (round 2)" "$(wc -l <"$T/s2.err")" 0
-rb=$(pass "$T/s2.json" 'd["read_bytes"]')
+rb=$(json_pass "$T/s2.json" 'd["read_bytes"]')
 if [ "$rb" -gt 0 ] 2>/dev/null && [ $((rb * 10)) -le $((want * 11)) ]; then
 	ok "round 2 read $rb bytes (chunk-aligned areas since the seed: $want)"
 else
@@ -235,7 +222,7 @@ lists >/dev/null
 printf '0 4096\n%d 8192\n' $((SIZE - 4096)) >"$T/bad.txt"
 if sync_once "$T/s3" --mode cbt --cbt-file "a=$T/bad.txt"; then ok "sync with a bad text list"
 else not_ok "sync with a bad text list" "$(tail -n 3 "$T/s3.err")"; fi
-eq "a bad list: hash mode" "$(pass "$T/s3.json" 'd["mode"]')" hash
+eq "a bad list: hash mode" "$(json_pass "$T/s3.json" 'd["mode"]')" hash
 if [ "$(wc -l <"$T/s3.err")" -eq 1 ] &&
 	grep -q "^ferry-seed: sync: disk a: $T/bad.txt: line 2: .*ends past the disk's end.*: hash mode for this disk$" "$T/s3.err"; then
 	ok "says so in one line naming the file and line: $(cat "$T/s3.err")"
@@ -252,14 +239,14 @@ json.dump({"startOffset": 0, "length": 16 << 20, "changedArea": []}, open(sys.ar
 ' "$T/short.json"
 sync_once "$T/s4" --mode cbt --cbt-command "cat '$T/short.json'"
 if [ "$(wc -l <"$T/s4.err")" -eq 1 ] && grep -q 'disk a: the --cbt-command output: DiskChangeInfo covers bytes 0 to 16777216 of the disk, not all its 33554432 bytes.*hash mode for this disk$' "$T/s4.err" &&
-	[ "$(pass "$T/s4.json" 'd["mode"]')" = hash ]; then
+	[ "$(json_pass "$T/s4.json" 'd["mode"]')" = hash ]; then
 	ok "JSON not covering the disk: hash mode, one line"
 else
 	not_ok "JSON not covering the disk" "$(cat "$T/s4.err")"
 fi
 sync_once "$T/s5" --mode cbt --cbt-command "exit 3"
 if [ "$(wc -l <"$T/s5.err")" -eq 1 ] && grep -q 'disk a: --cbt-command failed (exit 3): hash mode for this disk$' "$T/s5.err" &&
-	[ "$(pass "$T/s5.json" 'd["mode"]')" = hash ]; then
+	[ "$(json_pass "$T/s5.json" 'd["mode"]')" = hash ]; then
 	ok "a failing command: hash mode, one line"
 else
 	not_ok "a failing command" "$(cat "$T/s5.err")"
@@ -292,7 +279,7 @@ if timeout 60 "$SEED" sync --state "$T/seed" --to "127.0.0.1:$PORT" --server-key
 else
 	not_ok "sync --cutover --mode cbt" "$(tail -n 5 "$T/c.err")"
 fi
-eq "the final pass used cbt mode" "$(pass "$T/c.json" 'd["mode"]')" cbt
+eq "the final pass used cbt mode" "$(json_pass "$T/c.json" 'd["mode"]')" cbt
 apply_once >"$T/capply.out" 2>&1
 if grep -q '^disk a: identical to source at cutover$' "$T/capply.out"; then
 	ok "apply: disk a: identical to source at cutover"

@@ -6,7 +6,8 @@
 #                        given) for journal $J admitting $SENDER, at most
 #                        300 s; sets SRV_PID and PORT; log in $T/serve.log
 #   stop_server          SIGTERM to it; kill_server: SIGKILL
-#   kill_bg SIG PID      signals a "timeout N PROG" job and its PROG
+#   kill_bg SIG PID      signals a "timeout N PROG" job and its PROG, waits
+#   json_pass FILE EXPR  a Python expression on a sender's last "pass" event
 #   eq NAME GOT WANT     and  same NAME FILE1 FILE2  (cmp): TAP checks
 
 SRV_PID=
@@ -53,6 +54,23 @@ stop_server() {
 kill_server() {
 	kill_bg KILL "$SRV_PID"
 	SRV_PID=
+}
+
+# json_pass FILE EXPR: EXPR (Python) on the last "pass" event of a sender's
+# --json output FILE: p is the event, d its first disk.
+json_pass() {
+	python3 -c '
+import json, sys
+p = None
+for line in open(sys.argv[1]):
+    try:
+        o = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(o, dict) and o.get("event") == "pass":
+        p = o
+d = p["disks"][0] if p and p.get("disks") else None
+print(eval(sys.argv[2]) if p else "no-pass-event")' "$1" "$2" 2>&1
 }
 
 eq() {
