@@ -1,11 +1,16 @@
 /* cli: errors, JSON lines, progress and rate limiting for the programs. */
 #include "cli.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +64,53 @@ int cli_state_dir(const char *given, const char *sub, char *buf, size_t len,
 	else
 		return err_set(e, -EINVAL, "no state folder: give --state DIR");
 	return util_mkdirs(buf, 0700, e);
+}
+
+int cli_drive_dir(const char *base, const char *marker, const char *want, char *out,
+		  size_t len, struct err *e)
+{
+	char found[64] = "", path[4096];
+	struct dirent *de;
+	struct stat st;
+	DIR *dp;
+	int count = 0;
+
+	if (want) {
+		snprintf(found, sizeof(found), "%s", want);
+	} else {
+		dp = opendir(base);
+		if (!dp)
+			return err_set(e, -errno, "%s: %s", base, strerror(errno));
+		while ((de = readdir(dp))) {
+			if (de->d_name[0] == '.' || strlen(de->d_name) >= sizeof(found))
+				continue;
+			snprintf(path, sizeof(path), "%s/%s/%s", base, de->d_name, marker);
+			if (stat(path, &st) < 0)
+				continue;
+			if (count++ == 0)
+				snprintf(found, sizeof(found), "%s", de->d_name);
+		}
+		closedir(dp);
+		if (count > 1)
+			return err_set(e, -EINVAL, "%s holds %d drives: name one with --drive UUID",
+				       base, count);
+		if (!count)
+			return -ENOENT;
+	}
+	snprintf(out, len, "%s/%s", base, found);
+	snprintf(path, sizeof(path), "%s/%s", out, marker);
+	return stat(path, &st) < 0 ? -ENOENT : 0;
+}
+
+int cli_lock(const char *path, int *fd, struct err *e)
+{
+	*fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (*fd < 0)
+		return err_set(e, -errno, "%s: %s", path, strerror(errno));
+	if (flock(*fd, LOCK_EX | LOCK_NB) < 0)
+		return errno == EWOULDBLOCK ? -EBUSY : err_set(e, -errno, "%s: %s", path,
+							       strerror(errno));
+	return 0;
 }
 
 struct progress {

@@ -24,6 +24,20 @@ void cli_json_emit(struct json_t *o);
  * subfolder sub (e.g. "seed"). Created with mode 0700. */
 int cli_state_dir(const char *given, const char *sub, char *buf, size_t len,
 		  struct err *e);
+/*
+ * The drive folder of a state folder base: base/<uuid> holding the file
+ * marker, the only one there, or base/want when want is given. 0 with
+ * out = base/<uuid>; -ENOENT (e not set: the caller says what to run)
+ * when there is none or want lacks marker; -EINVAL when base holds
+ * several (e names how many); -errno when base cannot be read.
+ */
+int cli_drive_dir(const char *base, const char *marker, const char *want, char *out,
+		  size_t len, struct err *e);
+/*
+ * Takes an exclusive lock on path (made 0600 if missing) into *fd, without
+ * waiting: 0, -EBUSY when another process holds it (e not set), -errno.
+ */
+int cli_lock(const char *path, int *fd, struct err *e);
 
 /*
  * Progress of one operation: a bar on stderr when it is a terminal (bytes,

@@ -217,60 +217,34 @@ static int db_exec(struct apply_ctx *x, const char *sql, struct err *e)
 /* Finds STATE/UUID (the only drive ingested there, or --drive). */
 static int apply_find(struct apply_ctx *x, struct err *e)
 {
-	char base[PATH_MAX], found[64] = "", path[PATH_MAX + 64];
-	struct dirent *de;
-	struct stat st;
-	DIR *dp;
-	int rc, count = 0;
+	char base[PATH_MAX];
+	int rc;
 
 	rc = cli_state_dir(x->o->state, "ingest", base, sizeof(base), e);
 	if (rc < 0)
 		return rc;
-	if (x->o->drive) {
-		snprintf(found, sizeof(found), "%s", x->o->drive);
-		count = 1;
-	} else {
-		dp = opendir(base);
-		if (!dp)
-			return err_set(e, -errno, "%s: %s", base, strerror(errno));
-		while ((de = readdir(dp))) {
-			if (de->d_name[0] == '.' || strlen(de->d_name) >= sizeof(found))
-				continue;
-			snprintf(path, sizeof(path), "%s/%s/ingest.db", base, de->d_name);
-			if (stat(path, &st) < 0)
-				continue;
-			if (count++ == 0)
-				snprintf(found, sizeof(found), "%s", de->d_name);
-		}
-		closedir(dp);
-		if (count > 1)
-			return err_set(e, -EINVAL, "%s holds %d ingested drives: name one with"
-				       " --drive UUID", base, count);
-	}
-	if (!count)
-		return err_set(e, -ENOENT, "%s holds no ingested drive: run '" INGEST_PROG
+	rc = cli_drive_dir(base, "ingest.db", x->o->drive, x->dir, sizeof(x->dir), e);
+	if (rc == -ENOENT && x->o->drive)
+		return err_set(e, rc, "%s/ingest.db: %s (run '" INGEST_PROG " run' first)",
+			       x->dir, strerror(-rc));
+	if (rc == -ENOENT)
+		return err_set(e, rc, "%s holds no ingested drive: run '" INGEST_PROG
 			       " run' first", base);
-	snprintf(x->dir, sizeof(x->dir), "%s/%s", base, found);
-	snprintf(path, sizeof(path), "%s/ingest.db", x->dir);
-	if (stat(path, &st) < 0)
-		return err_set(e, -ENOENT, "%s: %s (run '" INGEST_PROG " run' first)", path,
-			       strerror(errno));
-	return 0;
+	return rc;
 }
 
 /* The run lock, so cold data is never written under hot data (3). */
 static int apply_lock(struct apply_ctx *x, struct err *e)
 {
 	char path[PATH_MAX + 8];
+	int rc;
 
 	snprintf(path, sizeof(path), "%s/lock", x->dir);
-	x->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (x->lock_fd < 0)
-		return err_set(e, -errno, "%s: %s", path, strerror(errno));
-	if (flock(x->lock_fd, LOCK_EX | LOCK_NB) < 0)
-		return err_set(e, -EBUSY, "an " INGEST_PROG " run or apply is using this drive's"
+	rc = cli_lock(path, &x->lock_fd, e);
+	if (rc == -EBUSY)
+		return err_set(e, rc, "an " INGEST_PROG " run or apply is using this drive's"
 			       " state (it holds %s)", path);
-	return 0;
+	return rc;
 }
 
 static int apply_keys(struct apply_ctx *x, struct err *e)

@@ -2270,56 +2270,28 @@ static int sync_pass(struct sync_ctx *x, struct err *e)
 /* Finds DIR/<uuid> (the only drive, or --drive). */
 static int find_drive(struct sync_ctx *x, struct err *e)
 {
-	char found[64] = "", path[PATH_MAX + 64];
-	struct dirent *de;
-	struct stat stt;
-	DIR *dp;
-	int count = 0;
+	int rc = cli_drive_dir(x->base, "header.luks", x->o->drive, x->dir, sizeof(x->dir), e);
 
-	if (x->o->drive) {
-		snprintf(found, sizeof(found), "%s", x->o->drive);
-		count = 1;
-	} else {
-		dp = opendir(x->base);
-		if (!dp)
-			return err_set(e, -errno, "%s: %s", x->base, strerror(errno));
-		while ((de = readdir(dp))) {
-			if (de->d_name[0] == '.' || strlen(de->d_name) >= sizeof(found))
-				continue;
-			snprintf(path, sizeof(path), "%s/%s/header.luks", x->base, de->d_name);
-			if (stat(path, &stt) < 0)
-				continue;
-			if (count++ == 0)
-				snprintf(found, sizeof(found), "%s", de->d_name);
-		}
-		closedir(dp);
-		if (count > 1)
-			return err_set(e, -EINVAL, "%s holds %d drives: name one with --drive UUID",
-				       x->base, count);
-	}
-	if (!count)
-		return err_set(e, -ENOENT, "%s holds no seeded drive (no */header.luks: run"
+	if (rc == -ENOENT && x->o->drive)
+		return err_set(e, rc, "%s: no copy of the drive's header (%s)", x->dir,
+			       strerror(-rc));
+	if (rc == -ENOENT)
+		return err_set(e, rc, "%s holds no seeded drive (no */header.luks: run"
 			       " 'ferry-seed write --state %s' first)", x->base, x->base);
-	snprintf(x->dir, sizeof(x->dir), "%s/%s", x->base, found);
-	snprintf(path, sizeof(path), "%s/header.luks", x->dir);
-	if (stat(path, &stt) < 0)
-		return err_set(e, -ENOENT, "%s: no copy of the drive's header (%s)", x->dir,
-			       strerror(errno));
-	return 0;
+	return rc;
 }
 
 static int sync_lock(struct sync_ctx *x, struct err *e)
 {
 	char path[PATH_MAX + 16];
+	int rc;
 
 	snprintf(path, sizeof(path), "%s/sync.lock", x->dir);
-	x->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (x->lock_fd < 0)
-		return err_set(e, -errno, "%s: %s", path, strerror(errno));
-	if (flock(x->lock_fd, LOCK_EX | LOCK_NB) < 0)
-		return err_set(e, -EBUSY, "another ferry-seed sync is running for this drive"
+	rc = cli_lock(path, &x->lock_fd, e);
+	if (rc == -EBUSY)
+		return err_set(e, rc, "another ferry-seed sync is running for this drive"
 			       " (it holds %s)", path);
-	return 0;
+	return rc;
 }
 
 static int sync_keys(struct sync_ctx *x, struct err *e)
