@@ -538,7 +538,7 @@ void journal_close(struct journal *j)
 int journal_streams(struct journal *j, struct journal_stream **out, size_t *n,
 		    struct err *e)
 {
-	struct journal_stream *v = NULL, *p;
+	struct journal_stream *v = NULL;
 	sqlite3_stmt *st = NULL;
 	size_t cnt = 0, cap = 0;
 	int r;
@@ -550,14 +550,9 @@ int journal_streams(struct journal *j, struct journal_stream **out, size_t *n,
 	if (r < 0)
 		return r;
 	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-		if (cnt == cap) {
-			cap = cap ? 2 * cap : 8;
-			p = realloc(v, cap * sizeof(*v));
-			if (!p) {
-				r = err_set(e, -ENOMEM, "journal: out of memory");
-				goto out;
-			}
-			v = p;
+		if (util_grow(&v, cnt, &cap, sizeof(*v), 8) < 0) {
+			r = err_set(e, -ENOMEM, "journal: out of memory");
+			goto out;
 		}
 		r = stream_fill(j, st, &v[cnt], e);
 		if (r < 0)
@@ -879,19 +874,14 @@ int journal_repair_add(struct journal *j, const uint8_t drive[JOURNAL_UUID_LEN],
 static int ranges_collect(struct journal *j, sqlite3_stmt *st, const char *what,
 			  struct journal_range **out, size_t *n, struct err *e)
 {
-	struct journal_range *v = NULL, *p;
+	struct journal_range *v = NULL;
 	size_t cnt = 0, cap = 0;
 	int r;
 
 	while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-		if (cnt == cap) {
-			cap = cap ? 2 * cap : 16;
-			p = realloc(v, cap * sizeof(*v));
-			if (!p) {
-				r = err_set(e, -ENOMEM, "journal: out of memory");
-				goto out;
-			}
-			v = p;
+		if (util_grow(&v, cnt, &cap, sizeof(*v), 16) < 0) {
+			r = err_set(e, -ENOMEM, "journal: out of memory");
+			goto out;
 		}
 		v[cnt].disk = (uint64_t)sqlite3_column_int64(st, 0);
 		v[cnt].offset = (uint64_t)sqlite3_column_int64(st, 1);

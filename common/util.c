@@ -470,6 +470,25 @@ out:
 	return r;
 }
 
+int util_grow(void *vp, size_t n, size_t *cap, size_t size, size_t first)
+{
+	void *old, *p;
+	size_t ncap;
+
+	if (n < *cap)
+		return 0;
+	ncap = *cap ? *cap * 2 : first;
+	if (ncap <= n || ncap > SIZE_MAX / size)
+		return -ENOMEM;
+	memcpy(&old, vp, sizeof(old));
+	p = realloc(old, ncap * size);
+	if (!p)
+		return -ENOMEM;
+	memcpy(vp, &p, sizeof(p));
+	*cap = ncap;
+	return 0;
+}
+
 int util_mkdirs(const char *path, int mode, struct err *e)
 {
 	struct stat st;

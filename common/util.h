@@ -42,6 +42,12 @@ int util_write_file(const char *path, const void *data, size_t len, int mode,
 int util_read_file(const char *path, size_t max, uint8_t **out, size_t *len,
 		   struct err *e);
 /* mkdir -p with mode. */
+/*
+ * Room for element n of the array *vp (a pointer to the array pointer;
+ * capacity *cap elements of size bytes): when n == *cap the capacity
+ * doubles (first when empty). 0, or -ENOMEM with the array untouched.
+ */
+int util_grow(void *vp, size_t n, size_t *cap, size_t size, size_t first);
 int util_mkdirs(const char *path, int mode, struct err *e);
 
 /* Lower-case hex of len bytes into out (2*len+1). */

@@ -654,15 +654,8 @@ static int rec_stage_as(struct sync_ctx *x, uint8_t type, uint8_t flags,
 	ssize_t n;
 	int rc;
 
-	if (x->wn == x->wcap) {
-		size_t cap = x->wcap ? x->wcap * 2 : 256;
-		struct sync_rec *nw = realloc(x->win, cap * sizeof(*nw));
-
-		if (!nw)
-			return err_set(e, -ENOMEM, "out of memory");
-		x->win = nw;
-		x->wcap = cap;
-	}
+	if (util_grow(&x->win, x->wn, &x->wcap, sizeof(*x->win), 256) < 0)
+		return err_set(e, -ENOMEM, "out of memory");
 	r = &x->win[x->wn];
 	memset(&h, 0, sizeof(h));
 	h.type = type;
@@ -1070,15 +1063,8 @@ static int ext_collect(void *opaque, const struct img_extent *xt)
 		ev->v[ev->n - 1].len += xt->len;
 		return 0;
 	}
-	if (ev->n == ev->cap) {
-		size_t cap = ev->cap ? ev->cap * 2 : 256;
-		struct img_extent *nv = realloc(ev->v, cap * sizeof(*nv));
-
-		if (!nv)
-			return -ENOMEM;
-		ev->v = nv;
-		ev->cap = cap;
-	}
+	if (util_grow(&ev->v, ev->n, &ev->cap, sizeof(*ev->v), 256) < 0)
+		return -ENOMEM;
 	ev->v[ev->n++] = *xt;
 	return 0;
 }
@@ -1158,15 +1144,8 @@ static void scan_one(void *opaque, size_t i, unsigned thread)
 
 static int chg_add(struct sync_disk *d, uint64_t idx)
 {
-	if (d->nchg == d->capchg) {
-		size_t cap = d->capchg ? d->capchg * 2 : 256;
-		uint64_t *nv = realloc(d->chg, cap * sizeof(*nv));
-
-		if (!nv)
-			return -ENOMEM;
-		d->chg = nv;
-		d->capchg = cap;
-	}
+	if (util_grow(&d->chg, d->nchg, &d->capchg, sizeof(*d->chg), 256) < 0)
+		return -ENOMEM;
 	d->chg[d->nchg++] = idx;
 	return 0;
 }
@@ -1179,15 +1158,8 @@ static void keep_chunk(struct sync_ctx *x, struct sync_disk *d, uint64_t idx,
 
 	if (x->kept_bytes + len > SYNC_KEEP_BYTES)
 		return;
-	if (d->nkept == d->capkept) {
-		size_t cap = d->capkept ? d->capkept * 2 : 64;
-		struct kept_chunk *nv = realloc(d->kept, cap * sizeof(*nv));
-
-		if (!nv)
-			return;
-		d->kept = nv;
-		d->capkept = cap;
-	}
+	if (util_grow(&d->kept, d->nkept, &d->capkept, sizeof(*d->kept), 64) < 0)
+		return;
 	copy = malloc(len);
 	if (!copy)
 		return;             /* only a missed shortcut: the send reads it */

@@ -232,15 +232,8 @@ static int collect_extent(void *opaque, const struct img_extent *x)
 		ev->v[ev->n - 1].len += x->len;
 		return 0;
 	}
-	if (ev->n == ev->cap) {
-		size_t cap = ev->cap ? ev->cap * 2 : 256;
-		struct img_extent *nv = realloc(ev->v, cap * sizeof(*nv));
-
-		if (!nv)
-			return -ENOMEM;
-		ev->v = nv;
-		ev->cap = cap;
-	}
+	if (util_grow(&ev->v, ev->n, &ev->cap, sizeof(*ev->v), 256) < 0)
+		return -ENOMEM;
 	ev->v[ev->n++] = *x;
 	return 0;
 }

@@ -289,6 +289,33 @@ static void test_files(void)
 	}
 }
 
+static void test_grow(void)
+{
+	uint64_t *v = NULL;
+	size_t cap = 0, n, bad = 0;
+	struct big { uint8_t b[1u << 20]; } *huge = NULL;
+
+	tap_is_int(util_grow(&v, 0, &cap, sizeof(*v), 4), 0, "grow: an empty array gets room");
+	tap_is_int((long long)cap, 4, "grow: first capacity as asked");
+	for (n = 0; n < 1000; n++) {
+		if (util_grow(&v, n, &cap, sizeof(*v), 4) < 0 || n >= cap) {
+			bad++;
+			break;
+		}
+		v[n] = n;
+	}
+	for (n = 0; n < 1000 && !bad; n++)
+		bad += v[n] != n;
+	tap_ok(bad == 0 && cap == 1024, "grow: 1000 appends keep every element (capacity %zu)", cap);
+	tap_is_int(util_grow(&v, 10, &cap, sizeof(*v), 4), 0, "grow: room left, nothing to do");
+	tap_is_int((long long)cap, 1024, "grow: capacity unchanged when there is room");
+	cap = SIZE_MAX / sizeof(*huge) / 2 + 1;
+	tap_is_int(util_grow(&huge, cap, &cap, sizeof(*huge), 4), -ENOMEM,
+		   "grow: a capacity that would overflow is refused");
+	tap_ok(huge == NULL, "grow: the array is left as it was");
+	free(v);
+}
+
 int main(void)
 {
 	test_parse_size();
@@ -298,5 +325,6 @@ int main(void)
 	test_clocks();
 	test_hex();
 	test_files();
+	test_grow();
 	return tap_done();
 }
