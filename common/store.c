@@ -221,12 +221,29 @@ static int store_device_size(int fd, uint64_t *size)
 	return 0;
 }
 
+/*
+ * A drive opened for writing is locked (an open file description lock, exclusive, released
+ * when the process exits, however it exits): two writers appending to one log would
+ * interleave records and commit superblocks over each other. Not flock: libcryptsetup
+ * flocks the same file for its own metadata locking. Readers take no lock, so status and
+ * the dashboard can watch a drive being seeded.
+ */
 static int store_open_fd(const char *dev, int mode, struct err *e)
 {
 	int fd = open(dev, (mode == STORE_RDWR ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	struct flock lk = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
 
 	if (fd < 0)
 		return err_set(e, -errno, "%s: %s", dev, strerror(errno));
+	if (mode == STORE_RDWR && fcntl(fd, F_OFD_SETLK, &lk) < 0) {
+		int rc = -errno;
+
+		close(fd);
+		if (rc == -EAGAIN || rc == -EACCES)
+			return err_set(e, -EBUSY, "in use: another ferry process is "
+				       "writing to it");
+		return err_set(e, rc, "lock: %s", strerror(-rc));
+	}
 	return fd;
 }
 

@@ -350,50 +350,52 @@ done_ok=0
 at=""
 in_k1=0
 in_k2=0
-k2_from=0
-extra=0
-prev_logm=-1
-for attempt in $(seq 1 30); do
-	# Later attempts wait longer, so the kills move through k1 into k2
-	# (a resumed run reads its sources again from the last checkpoint).
-	# The read rate is capped so where a kill lands does not depend on how
-	# fast this machine seeds.
-	# On a busy machine start-up eats more of each delay: every kill that
-	# found the log no longer than the one before adds 0.3 s to the rest.
-	cs=$((attempt * 15 + RANDOM % 15 + extra))
-	# Once k1 is complete a resumed run starts at k2, so the delays start
-	# small again to land inside k2.
-	[ "$k2_from" -gt 0 ] && cs=$(((attempt - k2_from) * 20 + 25 + RANDOM % 15 + extra))
-	delay=$(printf '%d.%02d' $((cs / 100)) $((cs % 100)))
-	[ "$attempt" -eq 1 ] && delay=0.05 # in start-up
+# Each attempt is killed at a random place in the log rather than after a guessed delay, so
+# where the kills land does not depend on how fast this machine (or a sanitizer build) runs:
+# the log's length is read from the sparse drive file's allocation every 20 ms, and the run is
+# killed once it passes the target (k1 fills the first 200 MiB of the log, k2 the next 200).
+# The first attempt is killed in start-up, the next three in k1 and the last three in k2.
+logm() { echo $((($(du -B1 "$D" | cut -f1) - 17 * MiB) / MiB)); }
+targets=(0 $((20 + RANDOM % 40)) $((75 + RANDOM % 40)) $((130 + RANDOM % 50))
+	$((215 + RANDOM % 40)) $((270 + RANDOM % 40)) $((325 + RANDOM % 55)))
+for target in "${targets[@]}"; do
 	# In a group on /dev/null so bash's "Killed" notice does not reach our stderr.
 	{
-		timeout -s KILL "$delay" \
-			"$SEED" write "$D" --key-file "$T/key" --state "$D.state" \
-			--max-read-rate 200M "${SRC[@]}" >"$T/kill.out" 2>&1
+		"$SEED" write "$D" --key-file "$T/key" --state "$D.state" \
+			--max-read-rate 200M "${SRC[@]}" >"$T/kill.out" 2>&1 &
+		pid=$!
+		if [ "$target" -eq 0 ]; then
+			sleep 0.05
+			kill -KILL "$pid" 2>/dev/null
+		else
+			polls=0 # at most 120 s
+			while kill -0 "$pid" 2>/dev/null; do
+				polls=$((polls + 1))
+				if [ "$(logm)" -ge "$target" ] || [ "$polls" -gt 6000 ]; then
+					kill -KILL "$pid" 2>/dev/null
+					break
+				fi
+				sleep 0.02
+			done
+		fi
+		wait "$pid"
 		rc=$?
 	} 2>/dev/null
 	if [ "$rc" -eq 137 ]; then
 		kills=$((kills + 1))
-		# Where it died: the log's length, from the sparse drive file's
-		# allocation (k1 fills the first 200 MiB of the log, k2 the next).
-		logm=$((($(du -B1 "$D" | cut -f1) - 17 * MiB) / MiB))
-		at="$at ${delay}s:${logm}MiB"
-		[ "$logm" -gt 5 ] && [ "$logm" -lt 195 ] && in_k1=1
-		[ "$logm" -gt 205 ] && [ "$logm" -lt 400 ] && in_k2=1
-		[ "$logm" -ge 190 ] && [ "$k2_from" -eq 0 ] && k2_from=$attempt
-		[ "$logm" -le "$prev_logm" ] && extra=$((extra + 30))
-		prev_logm=$logm
+		m=$(logm)
+		at="$at $target:${m}MiB"
+		[ "$m" -gt 5 ] && [ "$m" -lt 195 ] && in_k1=1
+		[ "$m" -gt 205 ] && [ "$m" -lt 400 ] && in_k2=1
 	elif [ "$rc" -eq 0 ]; then
 		done_ok=1
 		break
 	else
-		diag "attempt $attempt: exit $rc" "$(tail -n 3 "$T/kill.out")"
+		diag "kill at ${target} MiB: exit $rc" "$(tail -n 3 "$T/kill.out")"
 		break
 	fi
-	[ "$kills" -ge 6 ] && [ "$in_k2" -eq 1 ] && break
 done
-diag "kills (delay:log length):$at"
+diag "kills (target:log length when killed):$at"
 cmp_le "killed ferry-seed write at least 6 times ($kills)" 6 "$kills"
 eq "kills landed inside both big disks (k1 $in_k1, k2 $in_k2)" "$in_k1$in_k2" 11
 if [ "$done_ok" -eq 0 ]; then
@@ -433,5 +435,33 @@ else
 	done
 	skip "ferry-ingest run of the resumed drive" "ferry-ingest not built"
 fi
+
+# --- a second writer while one is seeding is refused ----------------------------------------
+D=$T/busy.drive
+prep "$D" 512M
+"$SEED" write "$D" --key-file "$T/key" --state "$D.state" --max-read-rate 20M \
+	b="$T/k2.raw" >"$T/busy.out" 2>&1 &
+busy=$!
+busy_log=0
+for _ in $(seq 1 500); do # until its log grows, at most 10 s
+	[ "$(($(du -B1 "$D" | cut -f1) - 17 * MiB))" -gt "$MiB" ] && busy_log=1 && break
+	sleep 0.02
+done
+eq "the first write is running" "$busy_log$(kill -0 "$busy" 2>/dev/null && echo 1)" 11 ||
+	diag "$(cat "$T/busy.out")"
+expect_fail "a second write while one runs: refused, drive in use" 1 \
+	"busy.drive: in use: another ferry process is writing to it" \
+	seed "$D" c="$T/k3.raw"
+expect_fail "seal while a write runs: refused, drive in use" 1 \
+	"busy.drive: in use: another ferry process is writing to it" \
+	seal "$D" "$T/busy.receipt"
+eq "seal while a write runs: no receipt written" "$(ls "$T/busy.receipt" 2>&1 | grep -c "No such")" 1
+{
+	kill -KILL "$busy"
+	wait "$busy"
+} 2>/dev/null
+check "after the writer is killed, the same write completes" seed "$D" b="$T/k2.raw"
+check "and the drive seals" seal "$D" "$T/busy.receipt"
+rm -rf "$D" "$D.state"
 
 done_testing
