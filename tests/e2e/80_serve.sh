@@ -92,7 +92,9 @@ expect_fail "a sender pinning another key refuses the server" 1 'not the pinned'
 # Kill the server mid-stream, restart: resume from the acknowledged seq.
 send "$T/a.id" --count 400 --slow 2 >"$T/a1.out" 2>"$T/a1.err" &
 CPID=$!
-sleep 0.4
+# Until it is admitted and sending (at most 10 s), then a little more.
+for _ in $(seq 200); do grep -q '^resume' "$T/a1.out" && break; sleep 0.05; done
+sleep 0.2
 kill -9 "$SRV_PID"
 wait "$SRV_PID" 2>/dev/null
 stop_server
@@ -120,7 +122,8 @@ fi
 # mid-stream): the new connection takes the stream over at once.
 send "$T/c1.id" --count 200 --slow 5 >"$T/h1.out" 2>&1 &
 HPID=$!
-sleep 0.3
+for _ in $(seq 200); do grep -q '^resume' "$T/h1.out" && break; sleep 0.05; done
+sleep 0.1
 kill -STOP "$HPID"
 send "$T/c1.id" --count 200 >"$T/h2.out" 2>&1
 crc=$?
