@@ -455,7 +455,7 @@ expect_fail "a second write while one runs: refused, drive in use" 1 \
 expect_fail "seal while a write runs: refused, drive in use" 1 \
 	"busy.drive: in use: another ferry process is writing to it" \
 	seal "$D" "$T/busy.receipt"
-eq "seal while a write runs: no receipt written" "$(ls "$T/busy.receipt" 2>&1 | grep -c "No such")" 1
+eq "seal while a write runs: no receipt written" "$([ -e "$T/busy.receipt" ] && echo there)" ""
 {
 	kill -KILL "$busy"
 	wait "$busy"
