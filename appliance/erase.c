@@ -152,7 +152,7 @@ int appliance_erase(int argc, char **argv)
 	uint64_t header, when;
 	json_t *custody = NULL;
 	char no_custody[160] = "no --key-file: the drive's event log is not in the certificate";
-	int rc, no_sig = 0, no_header = 0;
+	int rc, lock_fd, no_sig = 0, no_header = 0;
 	size_t i, j;
 
 	rc = erase_parse(argc, argv, &o);
@@ -196,8 +196,16 @@ int appliance_erase(int argc, char **argv)
 		return appliance_failf("%s; nothing was erased (erase without --key-file "
 				       "to erase anyway)", e.msg);
 	}
+	/* Held to the end: no seed or seal may write while the keys go. */
+	lock_fd = store_lock(o.dev, &e);
+	if (lock_fd < 0) {
+		sodium_memzero(sk, sizeof(sk));
+		json_decref(custody);
+		return appliance_failf("%s: %s; nothing was erased", o.dev, e.msg);
+	}
 	rc = keys_erase(o.dev, report, sizeof(report), &e);
 	if (rc < 0) {
+		close(lock_fd);
 		sodium_memzero(sk, sizeof(sk));
 		json_decref(custody);
 		return appliance_fail(&e);
@@ -218,6 +226,7 @@ int appliance_erase(int argc, char **argv)
 		rc = cert_write(cert, &info, o.dev, info.keyslots, header, when,
 				no_sig, no_header, custody, sk, pk, &e);
 	sodium_memzero(sk, sizeof(sk));
+	close(lock_fd);
 	if (rc < 0) {
 		json_decref(custody);
 		return appliance_failf("%s (the keys are already destroyed: "

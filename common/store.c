@@ -247,6 +247,11 @@ static int store_open_fd(const char *dev, int mode, struct err *e)
 	return fd;
 }
 
+int store_lock(const char *dev, struct err *e)
+{
+	return store_open_fd(dev, STORE_RDWR, e);
+}
+
 static int sb_write(int fd, const struct drive_info *info, const struct sb *sb,
 		    const struct keys *k, struct err *e)
 {
@@ -344,9 +349,9 @@ int store_tombstone_write(const char *dev, uint64_t data_offset,
 	memcpy(buf + 12, uuid, strnlen(uuid, 36));
 	le64_store(buf + 48, when);
 	crypto_generichash(buf + TOMB_LEN, 32, buf, TOMB_LEN, NULL, 0);
-	fd = store_open_fd(dev, STORE_RDWR, e);
+	fd = open(dev, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
-		return fd;
+		return err_set(e, -errno, "%s: %s", dev, strerror(errno));
 	rc = pwrite_full(fd, buf, sizeof(buf), data_offset + STORE_SB0_OFF);
 	if (rc == 0 && fdatasync(fd) < 0)
 		rc = -errno;

@@ -201,6 +201,14 @@ ssize_t store_read_rec(struct store *s, uint64_t off, struct rec_hdr *h,
  * erased ferry drive, and which. It holds no key material and no LUKS or
  * other signature libblkid knows. read: -ENOENT when there is none.
  */
+/*
+ * Takes the writer's lock on dev (the one every writable store_open holds) without opening
+ * the store: for erase, which rewrites the header and superblocks itself. Returns the fd
+ * that holds it (close it to release), or -EBUSY with "in use: ..." in e.
+ */
+int store_lock(const char *dev, struct err *e);
+
+/* Writes the tombstone; the caller holds the lock (store_lock). */
 int store_tombstone_write(const char *dev, uint64_t data_offset,
 			  const char *uuid, uint64_t when, struct err *e);
 /* uuid: the erased drive's UUID as text (at least 37 bytes). */

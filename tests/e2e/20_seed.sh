@@ -455,6 +455,9 @@ expect_fail "a second write while one runs: refused, drive in use" 1 \
 expect_fail "seal while a write runs: refused, drive in use" 1 \
 	"busy.drive: in use: another ferry process is writing to it" \
 	seal "$D" "$T/busy.receipt"
+expect_fail "erase while a write runs: refused, drive in use, nothing erased" 1 \
+	"busy.drive: in use: another ferry process is writing to it; nothing was erased" \
+	"$APPLIANCE" erase "$D" --yes --state "$T/erase.state"
 eq "seal while a write runs: no receipt written" "$([ -e "$T/busy.receipt" ] && echo there)" ""
 {
 	kill -KILL "$busy"
