@@ -6,27 +6,51 @@
 #                        given) for journal $J admitting $SENDER, at most
 #                        300 s; sets SRV_PID and PORT; log in $T/serve.log
 #   stop_server          SIGTERM to it; kill_server: SIGKILL
-#   kill_bg SIG PID      signals a "timeout N PROG" job and its PROG, waits
+#   kill_bg SIG PID      signals the PROG of a "timeout N PROG" job (not timeout,
+#                        which would follow with SIGCONT), waits up to 60 s
 #   json_pass FILE EXPR  a Python expression on a sender's last "pass" event
 #   eq NAME GOT WANT     and  same NAME FILE1 FILE2  (cmp): TAP checks
 
 SRV_PID=
 
 kill_bg() {
-	local child
+	local child c tracer
 	[ -n "$2" ] || return 0
 	child=$(pgrep -P "$2")
+	if [ -z "$child" ]; then
+		kill "-$1" "$2" 2>/dev/null
+		wait "$2" 2>/dev/null
+		return 0
+	fi
+	# The program only. timeout would pass the signal on and then send SIGCONT, and a
+	# SIGCONT discards the SIGSTOP that LeakSanitizer's tracer (sanitizer build, at
+	# exit) is waiting for: the program then hangs in the leak check for good.
 	# shellcheck disable=SC2086 # one pid per word
-	[ -n "$child" ] && kill "-$1" $child 2>/dev/null
-	kill "-$1" "$2" 2>/dev/null
-	wait "$2" 2>/dev/null
-	# The program itself is not our child: wait until it is gone (up to
-	# 10 s), or its locks and port may still be held by the next step.
-	for _ in $(seq 200); do
-		# shellcheck disable=SC2086
-		[ -n "$child" ] && kill -0 $child 2>/dev/null || break
-		sleep 0.05
+	kill "-$1" $child 2>/dev/null
+	# The program is not our child: wait until it is gone, or its locks and port may
+	# still be held by the next step. Up to 60 s (a sanitizer build's leak check at exit
+	# is slow), and never blindly: a program that does not end is killed and named.
+	# (In a group on /dev/null: bash's notice of a job it sees killed.)
+	{
+		for _ in $(seq 1200); do
+			# shellcheck disable=SC2086
+			kill -0 $child 2>/dev/null || break
+			sleep 0.05
+		done
+	} 2>/dev/null
+	for c in $child; do
+		kill -0 "$c" 2>/dev/null || continue
+		tracer=$(awk '/^TracerPid:/ { print $2 }' "/proc/$c/status" 2>/dev/null)
+		if [ -n "$tracer" ] && [ "$tracer" != 0 ]; then
+			# LeakSanitizer's stop-the-world tracer at exit: the program's own
+			# work is done; the sanitizer runtime is what hangs.
+			diag "pid $c: still in the sanitizer's leak check 60 s after SIG$1; killed"
+		else
+			not_ok "$(tr '\0' ' ' <"/proc/$c/cmdline" | cut -c1-60) ends within 60 s of SIG$1"
+		fi
+		kill -KILL "$c" 2>/dev/null
 	done
+	wait "$2" 2>/dev/null
 }
 
 start_server() {
