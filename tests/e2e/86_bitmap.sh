@@ -161,12 +161,12 @@ fi
 eq "nothing said on stderr" "$(wc -l <"$T/s1.json.err")" 0
 check "apply" apply_once
 
-# Wire bytes against the changed data compressed. A seeded chunk changed
-# for the first time travels whole (the sender does not know the block
-# hashes of what the cloud side holds), so the reference is every chunk
-# the writes touched, as it is now, compressed as the codec would
-# (zref). A chunk that was a hole sends only its non-zero blocks, so
-# wire bytes may also come out below the reference.
+# Wire bytes against the changed data compressed. The reference is every
+# chunk the writes touched, as it is now, compressed as the codec would
+# (zref): the most a pass may send. Only the changed 4 KiB blocks of a
+# seeded chunk travel (the seed-time block hashes, docs/FORMAT.md), and a
+# chunk that was a hole sends only its non-zero blocks, so wire bytes come
+# out well below the reference here (the blocks are pattern-filled).
 have_zstd=0
 command -v zstd >/dev/null 2>&1 && have_zstd=1
 if [ "$have_zstd" = 1 ] && qemu-img convert -f raw -O raw "$URI" "$T/now1.raw"; then
