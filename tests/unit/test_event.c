@@ -18,20 +18,10 @@
 #include "../../common/receipt.h"
 #include "../../common/util.h"
 #include "../lib/tap.h"
+#include "../lib/testkeys.h"
 
 static const uint8_t uuid[16] = { 0x0f, 0x6c, 0x2e, 0x4a, 0x1b, 0x2c, 0x4d, 0x5e,
 				  0x8f, 0x90, 0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6 };
-
-static struct keys *test_keys(uint8_t seed)
-{
-	unsigned char vk[KEYS_VOLUME_KEY_LEN];
-	struct keys *k = NULL;
-
-	memset(vk, seed, sizeof(vk));
-	if (keys_derive(vk, sizeof(vk), &k, NULL) < 0)
-		return NULL;
-	return k;
-}
 
 /* A chain of n events: prepared, sealed, verified, ingested, ... */
 static int make_chain(struct event_log *l, size_t n, const struct keys *k)

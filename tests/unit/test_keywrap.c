@@ -22,22 +22,12 @@
 #include "../../common/store.h"
 #include "../../common/util.h"
 #include "../lib/tap.h"
+#include "../lib/testkeys.h"
 
 #define DEV_SIZE (128ull << 20)
 #define CHUNK 4096
 
 static const struct kdf_cost test_cost = { 64, 4, 1 };
-
-static struct keys *test_keys(uint8_t fill)
-{
-	uint8_t vk[KEYS_VOLUME_KEY_LEN];
-	struct keys *k = NULL;
-
-	memset(vk, fill, sizeof(vk));
-	if (keys_derive(vk, sizeof(vk), &k, NULL) < 0)
-		return NULL;
-	return k;
-}
 
 static struct secret *test_secret(const char *text)
 {

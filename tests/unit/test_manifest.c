@@ -21,17 +21,7 @@
 #include "../../common/root.h"
 #include "../../common/util.h"
 #include "../lib/tap.h"
-
-static struct keys *test_keys(uint8_t seed)
-{
-	unsigned char vk[KEYS_VOLUME_KEY_LEN];
-	struct keys *k = NULL;
-
-	memset(vk, seed, sizeof(vk));
-	if (keys_derive(vk, sizeof(vk), &k, NULL) < 0)
-		return NULL;
-	return k;
-}
+#include "../lib/testkeys.h"
 
 static void chunk_id(unsigned i, uint8_t id[REC_ID_LEN])
 {
